@@ -1,1 +1,297 @@
-//! placeholder
+//! `sluice bench`: the project's one measuring stick.
+//!
+//! It drives the relay as an external process (never linking it), so the same harness measures
+//! Sluice, a peer relay (rsyslog) and no relay at all (the baseline), with the same senders,
+//! receivers and bookkeeping. The scenarios are DESIGN.md §7's S1–S5.
+//!
+//! Parts, one per module:
+//! - [`payload`]: the benchmark event (stream, sequence, send timestamp, padding) and its parser;
+//! - [`senders`]: the load generator (TCP, Unix, UDP, HTTP; paced or flat out);
+//! - [`receivers`]: TCP and HTTP destinations, steerable for outages and slow sinks;
+//! - [`body`]: decoding a sink's HTTP body (ndjson, JSON array, Splunk HEC, gzip);
+//! - [`tracker`]: unique / duplicate / missing / reordered counts and latency;
+//! - [`procstat`]: the relay's CPU and peak RSS from `/proc`;
+//! - [`relay`]: the relay's generated config, its process and its `/stats` ledger;
+//! - [`rsyslog`]: rsyslog as the peer for S1;
+//! - [`scenario`]: the scenarios and one measured run;
+//! - [`report`] and [`plot`]: tables, JSON and SVG.
+
+pub mod body;
+pub mod payload;
+pub mod plot;
+pub mod procstat;
+pub mod receivers;
+pub mod relay;
+pub mod report;
+pub mod rsyslog;
+pub mod scenario;
+pub mod senders;
+pub mod tracker;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::relay::{QueueSpec, SinkKind, SourceKind};
+use crate::report::{RunResult, Summary};
+use crate::scenario::{OutageMode, Plan, ScenarioName, Target};
+
+/// Peer relays `--peer` can run.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Rsyslog,
+}
+
+/// Queue kinds `--queue` can choose.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueKind {
+    Memory,
+    Disk,
+}
+
+/// Parses `250ms`, `5s`, `2m`, `1h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: f64 = n
+        .parse()
+        .map_err(|_| format!("expected a duration like 250ms, 5s or 2m, found {s:?}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "unknown duration unit {unit:?} in {s:?} (ms, s, m, h)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// `sluice bench` arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Scenario from DESIGN.md §7.
+    #[arg(long, value_enum, default_value = "s3")]
+    pub scenario: ScenarioName,
+    /// Events to send in total (split over the connections). Default: per scenario.
+    #[arg(long)]
+    pub events: Option<u64>,
+    /// Send for this long instead of a fixed number of events (e.g. 10s).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Sender connections, each its own stream. Default: per scenario (4, or 32 for HTTP).
+    #[arg(long)]
+    pub connections: Option<u32>,
+    /// Event size in bytes, newline included.
+    #[arg(long, default_value_t = payload::DEFAULT_SIZE)]
+    pub size: usize,
+    /// Total events per second; 0 = as fast as possible. Default: per scenario.
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Measured runs per target; the summary is the median with min and max.
+    #[arg(long, default_value_t = 3)]
+    pub runs: u32,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Draw throughput over time and the latency distribution into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Also run the scenario through this peer relay (S1 only).
+    #[arg(long, value_enum)]
+    pub peer: Option<Peer>,
+    /// Also run the sender straight into the receiver: the no-relay ceiling.
+    #[arg(long)]
+    pub baseline: bool,
+    /// Do not run Sluice itself (only the baseline and/or the peer).
+    #[arg(long)]
+    pub no_sluice: bool,
+    /// Keep each run's generated configs, logs and data directory.
+    #[arg(long)]
+    pub keep_config: bool,
+    /// Override the relay's source.
+    #[arg(long, value_enum)]
+    pub source: Option<SourceKind>,
+    /// Override the relay's sink.
+    #[arg(long, value_enum)]
+    pub sink: Option<SinkKind>,
+    /// Override the sink's queue (S2's default is disk, the others memory).
+    #[arg(long, value_enum)]
+    pub queue: Option<QueueKind>,
+    /// Source ack point: received | durable | delivered (default: S2 durable, others unset).
+    #[arg(long)]
+    pub ack: Option<String>,
+    /// HTTP sink encoding: ndjson | json_array.
+    #[arg(long, default_value = "ndjson", value_parser = ["ndjson", "json_array"])]
+    pub encoding: String,
+    /// S4: how long the upstream is away.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub outage: Duration,
+    /// S4: how the upstream is away.
+    #[arg(long, value_enum, default_value = "down")]
+    pub outage_mode: OutageMode,
+    /// S5: events per second the receiving end takes (the producer sends 3× that).
+    #[arg(long, default_value_t = 50_000)]
+    pub sink_rate: u64,
+    /// How long to wait after the last send for the receiver to get everything.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub drain_timeout: Duration,
+}
+
+/// Resolves the scenario's defaults and the overrides into a plan.
+pub fn plan(a: &BenchArgs) -> Result<Plan> {
+    use ScenarioName::*;
+    let http_in = matches!(a.scenario, S3 | S4);
+    let source = a.source.unwrap_or(if http_in {
+        SourceKind::Http
+    } else {
+        SourceKind::Tcp
+    });
+    let sink = a.sink.unwrap_or(if matches!(a.scenario, S1 | S2) {
+        SinkKind::Tcp
+    } else {
+        SinkKind::Http
+    });
+    let connections = a
+        .connections
+        .unwrap_or(if source == SourceKind::Http { 32 } else { 4 });
+    if connections == 0 {
+        bail!("--connections: expected at least 1, found 0");
+    }
+    let outage_after = Duration::from_secs(2);
+    let (default_events, default_duration, default_rate) = match a.scenario {
+        S1 | S2 => (Some(1_000_000), None, 0),
+        S3 => (Some(200_000), None, 0),
+        S4 => (
+            None,
+            Some(outage_after + a.outage + Duration::from_secs(5)),
+            5_000,
+        ),
+        S5 => (None, Some(Duration::from_secs(10)), 3 * a.sink_rate),
+    };
+    let (events, duration) = match (a.events, a.duration) {
+        (None, None) => (default_events, default_duration),
+        given => given,
+    };
+    let events_per_conn = events.map_or(u64::MAX, |e| (e / u64::from(connections)).max(1));
+    let queue = match (a.queue, a.scenario) {
+        (Some(QueueKind::Disk), _) | (None, S2) => QueueSpec::Disk { sync: "always" },
+        (_, S5) => QueueSpec::Memory {
+            max_events: 10_000,
+            when_full: "drop_newest",
+        },
+        (_, S4) => QueueSpec::Memory {
+            max_events: 1_000_000,
+            when_full: "block",
+        },
+        _ => QueueSpec::Memory {
+            max_events: 100_000,
+            when_full: "block",
+        },
+    };
+    Ok(Plan {
+        scenario: a.scenario,
+        source,
+        sink,
+        connections,
+        events_per_conn,
+        duration,
+        size: a.size,
+        rate: a.rate.unwrap_or(default_rate),
+        queue,
+        ack: a
+            .ack
+            .clone()
+            .or((a.scenario == S2).then(|| "durable".to_owned())),
+        encoding: if a.encoding == "json_array" {
+            "json_array"
+        } else {
+            "ndjson"
+        },
+        batch_max_events: 1000,
+        concurrency: 4,
+        outage: (a.scenario == S4).then_some((outage_after, a.outage, a.outage_mode)),
+        sink_rate: (a.scenario == S5).then_some(a.sink_rate),
+        drain_timeout: a.drain_timeout,
+    })
+}
+
+/// Runs the benchmark and prints the table (or JSON). `sluice_exe` is the sluice binary to start
+/// (the caller passes `std::env::current_exe()`).
+pub async fn run(args: BenchArgs, sluice_exe: PathBuf) -> Result<()> {
+    let plan = plan(&args)?;
+    let mut targets = Vec::new();
+    if !args.no_sluice {
+        if !sluice_exe.is_file() {
+            bail!("the sluice binary {sluice_exe:?} does not exist (or pass --no-sluice)");
+        }
+        targets.push((Target::Sluice, Some(sluice_exe)));
+    }
+    if args.peer == Some(Peer::Rsyslog) {
+        if plan.source != SourceKind::Tcp || plan.sink != SinkKind::Tcp {
+            bail!(
+                "--peer rsyslog: expected a TCP-in, TCP-out scenario (s1), found {:?}",
+                plan.scenario
+            );
+        }
+        targets.push((Target::Rsyslog, Some(rsyslog::ensure_installed().await?)));
+    }
+    if args.baseline {
+        targets.push((Target::Baseline, None));
+    }
+    if targets.is_empty() {
+        bail!("nothing to measure: --no-sluice without --baseline or --peer");
+    }
+    let mut rows: Vec<RunResult> = Vec::new();
+    // Alternate the targets within each round so drift on the machine hits them all alike.
+    for run in 1..=args.runs.max(1) {
+        for (target, exe) in &targets {
+            eprintln!(
+                "{:?} run {run}/{}: {target}…",
+                plan.scenario,
+                args.runs.max(1)
+            );
+            let r = scenario::run_once(&plan, *target, exe.as_deref(), run, args.keep_config)
+                .await
+                .with_context(|| format!("{:?} against {target}, run {run}", plan.scenario))?;
+            rows.push(r);
+        }
+    }
+    let summaries: Vec<Summary> = targets
+        .iter()
+        .filter_map(|(t, _)| {
+            Summary::of(&rows.iter().filter(|r| r.target == *t).collect::<Vec<_>>())
+        })
+        .collect();
+    if let Some(path) = &args.plot {
+        let picks: Vec<&RunResult> = summaries
+            .iter()
+            .filter_map(|s| median_run(&rows, s))
+            .collect();
+        std::fs::write(path, plot::svg(&picks)).with_context(|| format!("writing {path:?}"))?;
+    }
+    if args.json {
+        let doc = serde_json::json!({ "runs": rows, "summaries": summaries });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{}", report::table(&rows, &summaries));
+    }
+    Ok(())
+}
+
+/// The run of `s`'s target whose events/s is closest to the median.
+fn median_run<'a>(rows: &'a [RunResult], s: &Summary) -> Option<&'a RunResult> {
+    let m = s.events_per_sec?.median;
+    rows.iter().filter(|r| r.target == s.target).min_by(|a, b| {
+        (a.events_per_sec - m)
+            .abs()
+            .total_cmp(&(b.events_per_sec - m).abs())
+    })
+}

@@ -1,0 +1,382 @@
+//! Result rows, their medians over runs, and how they are printed (plain table or JSON).
+//!
+//! Columns (see the crate README for the long version):
+//! `events/s` unique events delivered per second (first send → last new arrival); `send/s` what
+//! the producer got out per second; `MiB/s` = events/s × size; `p50/p99/max` end-to-end latency;
+//! `prod p99` the producer's own p99 (HTTP response time); `CPU µs/ev` relay CPU per delivered
+//! event; `RSS` the relay's peak resident set; `lost` sent and accepted but never delivered;
+//! `dup` delivered more than once; `dropped` what the relay's ledger says it dropped.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::procstat::Sample;
+use crate::relay::Ledger;
+use crate::scenario::{Plan, ScenarioName, Target};
+use crate::senders::SendReport;
+use crate::tracker::{BUCKET_NS, TrackerSummary};
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// One measured run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    pub scenario: ScenarioName,
+    pub target: Target,
+    pub run: u32,
+    pub size: usize,
+    pub sent: u64,
+    pub rejected: u64,
+    pub send_errors: u64,
+    pub send_per_sec: f64,
+    pub events_per_sec: f64,
+    pub mib_per_sec: f64,
+    pub latency_p50_us: f64,
+    pub latency_p99_us: f64,
+    pub latency_max_us: f64,
+    pub producer_p50_us: Option<f64>,
+    pub producer_p99_us: Option<f64>,
+    pub producer_outage_p99_us: Option<f64>,
+    pub producer_max_stall_us: f64,
+    pub cpu_us_per_event: Option<f64>,
+    pub peak_rss_mib: Option<f64>,
+    pub delivered: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub reordered: u64,
+    pub garbage: u64,
+    pub bad_bodies: u64,
+    pub drain_secs: Option<f64>,
+    pub ledger: Option<Ledger>,
+    /// Delivered events per 100 ms since the first send.
+    #[serde(skip)]
+    pub timeline: Vec<u64>,
+    /// `(percentile, latency µs)` points for the plot.
+    #[serde(skip)]
+    pub latency_curve: Vec<(f64, f64)>,
+}
+
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+/// Points of the latency distribution at 0, 50, 90, 99, 99.9, … percentiles.
+pub fn percentile_curve(h: &Histogram<u64>) -> Vec<(f64, f64)> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for q in [
+        0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 0.99999, 1.0,
+    ] {
+        out.push((q * 100.0, us(h.value_at_quantile(q))));
+    }
+    out
+}
+
+impl RunResult {
+    #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename the list
+    pub fn new(
+        plan: &Plan,
+        target: Target,
+        run: u32,
+        sent: &SendReport,
+        (t, timeline, latency_curve): (TrackerSummary, Vec<u64>, Vec<(f64, f64)>),
+        cost: Option<Sample>,
+        ledger: Option<Ledger>,
+        send_start_ns: u64,
+        outage_end_ns: Option<u64>,
+    ) -> RunResult {
+        let window_s = t
+            .last_unique_ns
+            .map_or(0.0, |l| l.saturating_sub(send_start_ns) as f64 / 1e9);
+        let events_per_sec = if window_s > 0.0 {
+            t.unique as f64 / window_s
+        } else {
+            0.0
+        };
+        let q = |h: &Option<Histogram<u64>>, q: f64| {
+            h.as_ref()
+                .filter(|h| !h.is_empty())
+                .map(|h| us(h.value_at_quantile(q)))
+        };
+        RunResult {
+            scenario: plan.scenario,
+            target,
+            run,
+            size: plan.size,
+            sent: sent.sent(),
+            rejected: sent.rejected,
+            send_errors: sent.errors,
+            send_per_sec: sent.sent() as f64 / sent.elapsed.as_secs_f64().max(1e-9),
+            events_per_sec,
+            mib_per_sec: events_per_sec * plan.size as f64 / MIB,
+            latency_p50_us: t.latency_p50_us,
+            latency_p99_us: t.latency_p99_us,
+            latency_max_us: t.latency_max_us,
+            producer_p50_us: q(&sent.latency, 0.5),
+            producer_p99_us: q(&sent.latency, 0.99),
+            producer_outage_p99_us: q(&sent.window_latency, 0.99),
+            producer_max_stall_us: us(sent.max_stall_ns),
+            cpu_us_per_event: cost
+                .filter(|_| t.unique > 0)
+                .map(|c| c.cpu_secs * 1e6 / t.unique as f64),
+            peak_rss_mib: cost.map(|c| c.peak_rss_bytes as f64 / MIB),
+            delivered: t.unique,
+            // Events the producer was refused (non-2xx, I/O errors) were never promised.
+            lost: t.missing.saturating_sub(sent.rejected + sent.errors),
+            duplicates: t.duplicates,
+            reordered: t.reordered,
+            garbage: t.garbage,
+            bad_bodies: t.bad_bodies,
+            drain_secs: outage_end_ns
+                .zip(t.last_unique_ns)
+                .map(|(end, last)| last.saturating_sub(end) as f64 / 1e9),
+            ledger,
+            timeline,
+            latency_curve,
+        }
+    }
+
+    /// Throughput over time as `(seconds, events/s)` points.
+    pub fn throughput_points(&self) -> Vec<(f64, f64)> {
+        let secs = BUCKET_NS as f64 / 1e9;
+        self.timeline
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| ((i as f64 + 0.5) * secs, n as f64 / secs))
+            .collect()
+    }
+}
+
+/// The median, min and max of one column over runs.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Option<Spread> {
+        let mut v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Some(Spread {
+            median,
+            min: v[0],
+            max: v[n - 1],
+        })
+    }
+}
+
+/// One target's runs summarised.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub scenario: ScenarioName,
+    pub target: Target,
+    pub runs: usize,
+    pub events_per_sec: Option<Spread>,
+    pub send_per_sec: Option<Spread>,
+    pub mib_per_sec: Option<Spread>,
+    pub latency_p50_us: Option<Spread>,
+    pub latency_p99_us: Option<Spread>,
+    pub latency_max_us: Option<Spread>,
+    pub producer_p99_us: Option<Spread>,
+    pub producer_outage_p99_us: Option<Spread>,
+    pub cpu_us_per_event: Option<Spread>,
+    pub peak_rss_mib: Option<Spread>,
+    pub drain_secs: Option<Spread>,
+    /// Totals over all runs.
+    pub sent: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub reordered: u64,
+    pub garbage: u64,
+    pub relay_dropped: u64,
+}
+
+impl Summary {
+    pub fn of(rows: &[&RunResult]) -> Option<Summary> {
+        let first = rows.first()?;
+        let s =
+            |f: &dyn Fn(&RunResult) -> Option<f64>| Spread::of(rows.iter().filter_map(|r| f(r)));
+        Some(Summary {
+            scenario: first.scenario,
+            target: first.target,
+            runs: rows.len(),
+            events_per_sec: s(&|r| Some(r.events_per_sec)),
+            send_per_sec: s(&|r| Some(r.send_per_sec)),
+            mib_per_sec: s(&|r| Some(r.mib_per_sec)),
+            latency_p50_us: s(&|r| Some(r.latency_p50_us)),
+            latency_p99_us: s(&|r| Some(r.latency_p99_us)),
+            latency_max_us: s(&|r| Some(r.latency_max_us)),
+            producer_p99_us: s(&|r| r.producer_p99_us),
+            producer_outage_p99_us: s(&|r| r.producer_outage_p99_us),
+            cpu_us_per_event: s(&|r| r.cpu_us_per_event),
+            peak_rss_mib: s(&|r| r.peak_rss_mib),
+            drain_secs: s(&|r| r.drain_secs),
+            sent: rows.iter().map(|r| r.sent).sum(),
+            lost: rows.iter().map(|r| r.lost).sum(),
+            duplicates: rows.iter().map(|r| r.duplicates).sum(),
+            reordered: rows.iter().map(|r| r.reordered).sum(),
+            garbage: rows.iter().map(|r| r.garbage + r.bad_bodies).sum(),
+            relay_dropped: rows
+                .iter()
+                .filter_map(|r| r.ledger.as_ref())
+                .map(|l| l.sink_dropped)
+                .sum(),
+        })
+    }
+}
+
+fn human(x: f64) -> String {
+    match x.abs() {
+        a if a >= 1e6 => format!("{:.2}M", x / 1e6),
+        a if a >= 1e4 => format!("{:.1}k", x / 1e3),
+        a if a >= 100.0 => format!("{x:.0}"),
+        a if a >= 10.0 => format!("{x:.1}"),
+        _ => format!("{x:.2}"),
+    }
+}
+
+fn cell(s: Option<Spread>) -> String {
+    s.map_or_else(|| "-".into(), |s| human(s.median))
+}
+
+/// The latency cell: microseconds below 10 ms, milliseconds above.
+fn lat(s: Option<Spread>) -> String {
+    match s {
+        Some(s) if s.median >= 10_000.0 => format!("{}ms", human(s.median / 1000.0)),
+        Some(s) => format!("{}µs", human(s.median)),
+        None => "-".into(),
+    }
+}
+
+/// The plain-text table: one line per run, then one summary line per target.
+pub fn table(rows: &[RunResult], summaries: &[Summary]) -> String {
+    let mut out = String::new();
+    let header = format!(
+        "{:<4} {:<9} {:>3} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>6} {:>5} {:>8}\n",
+        "scen",
+        "target",
+        "run",
+        "sent",
+        "events/s",
+        "MiB/s",
+        "p50",
+        "p99",
+        "max",
+        "prod p99",
+        "CPU µs/ev",
+        "RSS MiB",
+        "lost",
+        "dup",
+        "reord",
+        "dropped",
+    );
+    out.push_str(&header);
+    let one = |x: f64| {
+        Some(Spread {
+            median: x,
+            min: x,
+            max: x,
+        })
+    };
+    for r in rows {
+        out.push_str(&format!(
+            "{:<4} {:<9} {:>3} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>6} {:>5} {:>8}\n",
+            format!("{:?}", r.scenario).to_lowercase(),
+            r.target.to_string(),
+            r.run,
+            human(r.sent as f64),
+            human(r.events_per_sec),
+            human(r.mib_per_sec),
+            lat(one(r.latency_p50_us)),
+            lat(one(r.latency_p99_us)),
+            lat(one(r.latency_max_us)),
+            lat(r.producer_p99_us.and_then(one)),
+            cell(r.cpu_us_per_event.and_then(one)),
+            cell(r.peak_rss_mib.and_then(one)),
+            r.lost,
+            r.duplicates,
+            r.reordered,
+            r.ledger.as_ref().map_or_else(|| "-".into(), |l| l.sink_dropped.to_string()),
+        ));
+    }
+    out.push('\n');
+    for s in summaries {
+        let range = s.events_per_sec.map_or_else(String::new, |e| {
+            format!(" [{}–{}]", human(e.min), human(e.max))
+        });
+        out.push_str(&format!(
+            "{} {} median of {}: {} events/s{}, {} MiB/s, p50 {} p99 {} max {}, producer p99 {}, \
+             CPU {} µs/event, peak RSS {} MiB; lost {}, duplicates {}, reordered {}, garbage {}\n",
+            format!("{:?}", s.scenario).to_lowercase(),
+            s.target,
+            s.runs,
+            cell(s.events_per_sec),
+            range,
+            cell(s.mib_per_sec),
+            lat(s.latency_p50_us),
+            lat(s.latency_p99_us),
+            lat(s.latency_max_us),
+            lat(s.producer_p99_us),
+            cell(s.cpu_us_per_event),
+            cell(s.peak_rss_mib),
+            s.lost,
+            s.duplicates,
+            s.reordered,
+            s.garbage,
+        ));
+        if s.producer_outage_p99_us.is_some() || s.drain_secs.is_some() {
+            out.push_str(&format!(
+                "  outage: producer p99 during it {}, time to drain after it {} s, relay dropped {}\n",
+                lat(s.producer_outage_p99_us),
+                cell(s.drain_secs),
+                s.relay_dropped,
+            ));
+        }
+    }
+    let find = |t: Target| {
+        summaries
+            .iter()
+            .find(|s| s.target == t)
+            .and_then(|s| s.events_per_sec)
+    };
+    if let (Some(a), Some(b)) = (find(Target::Sluice), find(Target::Rsyslog)) {
+        out.push_str(&format!(
+            "sluice/rsyslog events/s: {:.2}×\n",
+            a.median / b.median
+        ));
+    }
+    if let (Some(a), Some(b)) = (find(Target::Sluice), find(Target::Baseline)) {
+        out.push_str(&format!(
+            "sluice/baseline events/s: {:.0}% of the no-relay ceiling\n",
+            100.0 * a.median / b.median
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_is_median_min_max() {
+        let s = Spread::of([3.0, 1.0, 2.0]).expect("values");
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        let s = Spread::of([4.0, 1.0]).expect("values");
+        assert_eq!(s.median, 2.5);
+        assert!(Spread::of([f64::NAN]).is_none());
+    }
+}
