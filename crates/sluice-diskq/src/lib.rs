@@ -1,1 +1,223 @@
-//! placeholder
+//! A durable, crash-safe, group-committing segment log used as a FIFO queue.
+//!
+//! `sluice-diskq` stores opaque byte records and numbers them. It knows nothing about HTTP or
+//! events: the relay encodes its events into records and wraps this crate.
+//!
+//! # Design constraints
+//!
+//! - **Nothing reported durable is lost.** [`DiskQueue::wait_durable`] resolves only once the
+//!   record is covered by the configured [`SyncPolicy`]; a write or sync error poisons the
+//!   writer and every pending and later waiter gets the error instead.
+//! - **Group commit.** Appenders copy their record into one in-memory batch and return a
+//!   sequence number at once. A dedicated writer thread swaps the batch out, `write()`s it, and
+//!   covers it with a single `fdatasync` (`File::sync_data`); every waiter covered by that sync is
+//!   released by it. While it syncs, the next batch accumulates. Files are never written through
+//!   mmap.
+//! - **Bounded memory.** Recovery streams through segments; readers are served from an
+//!   in-memory tail of recently written batches (bounded by [`Options::read_cache_bytes`]) and
+//!   otherwise read segment files through a 64 KiB window. Memory does not grow with the backlog.
+//! - **Corruption is skipped, never fatal.** A bad record is skipped and counted; a torn tail is
+//!   truncated. The queue refuses to open only if the directory is unreadable or locked by
+//!   another live process.
+//!
+//! # Directory layout
+//!
+//! | file                          | contents                                                     |
+//! | ----------------------------- | ------------------------------------------------------------ |
+//! | `00000000000000000000.seg`    | a segment: records back to back, named by its first seq       |
+//! | `checkpoint`                  | the acknowledged low-water mark ([`checkpoint`] module)       |
+//! | `checkpoint.tmp`              | a checkpoint being written; removed on open                   |
+//! | `lock`                        | held with an exclusive `flock` (fs4) while a queue is open    |
+//!
+//! # Record layout (little-endian)
+//!
+//! | offset | size | field   | meaning                                                    |
+//! | ------ | ---- | ------- | ---------------------------------------------------------- |
+//! | 0      | 4    | length  | payload bytes, at most 256 MiB (format limit)              |
+//! | 4      | 4    | crc32c  | CRC-32C over `seq` and `payload`                           |
+//! | 8      | 8    | seq     | the record's sequence number                               |
+//! | 16     | len  | payload | opaque bytes                                               |
+//!
+//! Records never span segments. A segment rolls over when the next record would take it past
+//! [`Options::segment_bytes`] (a record larger than that gets a segment of its own). Within a
+//! segment sequence numbers are contiguous; across segments they continue, except that after a
+//! crash that lost unsynced data, or when the checkpoint is ahead of the data, numbering resumes
+//! at `max(last seq on disk + 1, low-water mark)` in a fresh segment.
+//!
+//! # Limits
+//!
+//! | limit                                   | value                                          |
+//! | --------------------------------------- | ---------------------------------------------- |
+//! | record payload                          | `max_record_bytes` (default 16 MiB, ≤ 256 MiB) |
+//! | segment size                            | `segment_bytes` (default 64 MiB), ≥ 4 KiB      |
+//! | bytes on disk                           | `max_bytes`, counted in whole segments: a segment is deleted only once every record in it is acknowledged, so acknowledged records in the oldest segment still count. |
+//! | bytes waiting for the writer            | 64 MiB (beyond it `append` reports `Full`)     |
+//! | in-memory read tail                     | `read_cache_bytes` (default 8 MiB)             |
+//!
+//! # Writing, reading, acknowledging
+//!
+//! - [`DiskQueue::append`] assigns the next seq and buffers the record; it fails fast with
+//!   [`AppendError::Full`] at `max_bytes` (nothing is ever dropped by this crate).
+//! - The writer thread publishes two watermarks: *written* (handed to the OS; readers may see it)
+//!   and *durable* (covered by the sync policy).
+//! - [`DiskQueue::read_batch`] hands each record out once per process lifetime, in order.
+//! - [`DiskQueue::ack`] may arrive out of order; the contiguous low-water mark is written to the
+//!   checkpoint at most every [`Options::checkpoint_interval`] (sooner when it frees a segment),
+//!   and a segment is deleted once the checkpoint covers all its records.
+//!
+//! # Recovery, and what a bad byte does
+//!
+//! On open the checkpoint is read and segments are scanned forward, verifying every checksum.
+//! Everything at or above the low-water mark is handed out again (at-least-once: acks that were
+//! not yet checkpointed are lost, and those records come back).
+//!
+//! - **A bad record** (checksum mismatch, impossible length, stale seq) is skipped: the scanner
+//!   resynchronises on the next offset holding a record with a sane length, a sequence number
+//!   consistent with the bytes skipped, and a matching checksum. The lost sequence numbers are
+//!   counted in `corrupt_records` (and treated as acknowledged), the bytes in `corrupt_bytes`.
+//! - **A torn tail** (a partial or zero-filled record at the end of the last segment, with
+//!   nothing valid after it) is truncated and counted in `truncated_bytes`. A bit flip in the
+//!   very last record looks the same, and is treated the same.
+//! - **A damaged checkpoint** is ignored: everything on disk is replayed.
+//! - A length field of 4 GiB costs nothing: lengths are checked against the format limit and
+//!   the bytes actually in the file before anything is read or allocated.
+
+mod acks;
+pub mod checkpoint;
+mod error;
+mod inspect;
+mod queue;
+mod reader;
+pub mod record;
+mod recovery;
+pub mod segment;
+mod state;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+pub use checkpoint::CheckpointStatus;
+pub use error::{AppendError, Error, WriteFailure};
+pub use inspect::{InspectReport, SegmentReport, inspect};
+pub use queue::DiskQueue;
+pub use recovery::{RecoveryReport, SkippedRegion};
+
+/// A record's sequence number: per queue, contiguous from 0, surviving restarts.
+pub type Seq = u64;
+
+/// When appended records become durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// Every write batch is followed by an `fdatasync`; `wait_durable` resolves after it.
+    Always,
+    /// Batches are written at once and synced at most this often; `wait_durable` resolves after
+    /// the next periodic sync covering the record.
+    Every(Duration),
+    /// Never sync (except on close): `wait_durable` resolves once `write()` returned. Survives
+    /// a process crash, not a power loss.
+    Never,
+}
+
+/// Queue configuration.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Upper bound of bytes on disk (see the limits table: counted in whole segments).
+    pub max_bytes: u64,
+    /// Target size of a segment file (default 64 MiB).
+    pub segment_bytes: u64,
+    /// Largest record payload accepted by `append` (default 16 MiB, at most 256 MiB).
+    pub max_record_bytes: u32,
+    /// When records become durable (default [`SyncPolicy::Always`]).
+    pub sync: SyncPolicy,
+    /// Longest time an advanced low-water mark waits before being checkpointed (default 1 s).
+    pub checkpoint_interval: Duration,
+    /// Bytes of recently written batches kept in memory for readers (default 8 MiB).
+    pub read_cache_bytes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            max_bytes: 10 * 1024 * 1024 * 1024,
+            segment_bytes: 64 * 1024 * 1024,
+            max_record_bytes: 16 * 1024 * 1024,
+            sync: SyncPolicy::Always,
+            checkpoint_interval: Duration::from_secs(1),
+            read_cache_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+impl Options {
+    fn validate(&self) -> Result<(), Error> {
+        if self.max_record_bytes > record::FORMAT_MAX_PAYLOAD {
+            return Err(Error::InvalidOptions(format!(
+                "max_record_bytes: expected at most {}, found {}",
+                record::FORMAT_MAX_PAYLOAD,
+                self.max_record_bytes
+            )));
+        }
+        if self.segment_bytes < 4096 {
+            return Err(Error::InvalidOptions(format!(
+                "segment_bytes: expected at least 4096, found {}",
+                self.segment_bytes
+            )));
+        }
+        if self.max_bytes < self.segment_bytes {
+            return Err(Error::InvalidOptions(format!(
+                "max_bytes: expected at least segment_bytes ({}), found {}",
+                self.segment_bytes, self.max_bytes
+            )));
+        }
+        if let SyncPolicy::Every(d) = self.sync
+            && d.is_zero()
+        {
+            return Err(Error::InvalidOptions(
+                "sync: expected a non-zero interval for Every, found 0; use Always".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A snapshot of the queue's counters and watermarks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// The seq the next append will get.
+    pub next_seq: Seq,
+    /// Every seq below this is acknowledged.
+    pub acked_low_water: Seq,
+    /// The low-water mark last written to the checkpoint.
+    pub checkpointed_low_water: Seq,
+    /// Records appended (or recovered) and not yet acknowledged.
+    pub unacked_records: u64,
+    /// The seq the next `read_batch` starts at.
+    pub read_seq: Seq,
+    /// Every seq below this has been handed to the OS.
+    pub written_seq: Seq,
+    /// Every seq below this is durable per the sync policy.
+    pub durable_seq: Seq,
+    /// Bytes in segment files, including bytes waiting to be written.
+    pub bytes_on_disk: u64,
+    /// Bytes appended but not yet written.
+    pub pending_bytes: u64,
+    /// Number of segments (including the active one).
+    pub segments: usize,
+    /// `fdatasync` calls on segment files.
+    pub fsyncs: u64,
+    /// Records made durable by those syncs.
+    pub records_synced: u64,
+    /// Bytes written to segment files by this process.
+    pub bytes_written: u64,
+    /// Checkpoints written by this process.
+    pub checkpoints: u64,
+    /// Records lost to corruption (at recovery or while reading).
+    pub corrupt_records: u64,
+    /// Bytes skipped because of corruption.
+    pub corrupt_bytes: u64,
+    /// Whether a write or sync failed (the queue refuses writes until reopened).
+    pub write_failed: bool,
+}

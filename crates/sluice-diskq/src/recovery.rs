@@ -1,0 +1,309 @@
+//! Recovery: turning a queue directory into the in-memory state of an open queue.
+//!
+//! Runs once, under the directory lock, before the writer thread starts. It streams through
+//! every segment with the [`Scanner`] (memory bounded by the scan window, whatever the backlog),
+//! and guarantees on return:
+//!
+//! - every valid record at or above the low-water mark will be handed out again, in order;
+//! - sequence numbers lost to corruption are counted and pre-acknowledged, so the low-water
+//!   mark can move past them;
+//! - a torn tail of the last segment is truncated (and the truncation synced), so new records
+//!   follow the last valid one;
+//! - segments whose every record is acknowledged are deleted;
+//! - `next_seq` is above every seq on disk and at least the low-water mark. If it had to jump
+//!   (the checkpoint is ahead of the data), appends start a fresh segment, so that sequence
+//!   numbers stay contiguous within every segment.
+
+use std::collections::VecDeque;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::acks::AckSet;
+use crate::checkpoint::{self, CheckpointStatus};
+use crate::segment::{self, Item, Scanner};
+use crate::state::SegMeta;
+use crate::{Error, Seq};
+
+/// Regions listed individually in a [`RecoveryReport`]; beyond this they are only counted.
+const MAX_LISTED_REGIONS: usize = 32;
+
+/// A stretch of bytes recovery skipped or truncated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedRegion {
+    /// The segment file.
+    pub path: PathBuf,
+    /// Offset of the first bad byte.
+    pub offset: u64,
+    /// Number of bytes.
+    pub bytes: u64,
+    /// What was wrong with the first bad record.
+    pub reason: String,
+    /// Whether the region was a torn tail that was cut off (rather than skipped).
+    pub truncated: bool,
+}
+
+/// What recovery found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Unacknowledged records that will be handed out again.
+    pub replayed_records: u64,
+    /// Sequence numbers lost to corruption.
+    pub corrupt_records: u64,
+    /// Bytes skipped because they held no valid record.
+    pub corrupt_bytes: u64,
+    /// Bytes cut off the end of the last segment (a torn write).
+    pub truncated_bytes: u64,
+    /// Segment files kept.
+    pub segments: usize,
+    /// Fully acknowledged segment files deleted.
+    pub deleted_segments: usize,
+    /// What the checkpoint file held.
+    pub checkpoint: CheckpointStatus,
+    /// Every seq below this is acknowledged.
+    pub acked_low_water: Seq,
+    /// The seq the next append gets.
+    pub next_seq: Seq,
+    /// The first bad regions, for the operator (at most 32).
+    pub skipped: Vec<SkippedRegion>,
+    /// Time recovery took.
+    pub duration: Duration,
+}
+
+impl std::fmt::Display for RecoveryReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "replayed {} records (seq {}..{}) from {} segments in {:?}; checkpoint {}; \
+             {} corrupt records / {} corrupt bytes skipped, {} bytes truncated, {} segments deleted",
+            self.replayed_records,
+            self.acked_low_water,
+            self.next_seq,
+            self.segments,
+            self.duration,
+            self.checkpoint,
+            self.corrupt_records,
+            self.corrupt_bytes,
+            self.truncated_bytes,
+            self.deleted_segments
+        )?;
+        for r in &self.skipped {
+            write!(
+                f,
+                "\n  {} {} bytes at {}:{}: {}",
+                if r.truncated { "truncated" } else { "skipped" },
+                r.bytes,
+                r.path.display(),
+                r.offset,
+                r.reason
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Where reading starts after recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StartPos {
+    pub seq: Seq,
+    pub segment: Seq,
+    pub offset: u64,
+}
+
+/// The recovered state.
+#[derive(Debug)]
+pub(crate) struct Recovered {
+    pub segments: VecDeque<SegMeta>,
+    pub next_seq: Seq,
+    pub acks: AckSet,
+    pub ckpt_low: Seq,
+    pub start: StartPos,
+    pub report: RecoveryReport,
+}
+
+fn remove_segment(path: &Path) -> Result<(), Error> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("delete", path, None, e)),
+    }
+}
+
+/// Recovers the queue in `dir` (which the caller has locked).
+pub(crate) fn recover(dir: &Path) -> Result<Recovered, Error> {
+    let started = Instant::now();
+    remove_segment(&dir.join(checkpoint::CHECKPOINT_TMP))?;
+    let ckpt = checkpoint::read(dir)?;
+    if let CheckpointStatus::Corrupt(why) = &ckpt {
+        tracing::warn!(dir = %dir.display(), reason = %why, "Ignoring damaged checkpoint; replaying everything on disk.");
+    }
+    let files = segment::list_segments(dir)?;
+    let first_on_disk = files.first().map(|(first, _)| *first).unwrap_or(0);
+    let ckpt_low = ckpt.low_water().unwrap_or(0);
+    // Segments below the first one on disk were deleted because they were acknowledged.
+    let low = ckpt_low.max(first_on_disk);
+
+    let mut report = RecoveryReport {
+        replayed_records: 0,
+        corrupt_records: 0,
+        corrupt_bytes: 0,
+        truncated_bytes: 0,
+        segments: 0,
+        deleted_segments: 0,
+        checkpoint: ckpt.clone(),
+        acked_low_water: low,
+        next_seq: low,
+        skipped: Vec::new(),
+        duration: Duration::ZERO,
+    };
+    let mut acks = AckSet::new(low);
+    let mut segments: VecDeque<SegMeta> = VecDeque::new();
+    let mut start: Option<StartPos> = None;
+    let mut expected = first_on_disk;
+    let mut last_file_kept = false;
+    let note = |report: &mut RecoveryReport, region: SkippedRegion| {
+        tracing::warn!(path = %region.path.display(), offset = region.offset, bytes = region.bytes,
+            reason = %region.reason, truncated = region.truncated, "Skipping corrupt bytes in disk queue segment.");
+        if report.skipped.len() < MAX_LISTED_REGIONS {
+            report.skipped.push(region);
+        }
+    };
+
+    for (i, (first, path)) in files.iter().enumerate() {
+        let is_last = i + 1 == files.len();
+        if files.get(i + 1).is_some_and(|(next, _)| *next <= low) {
+            remove_segment(path)?;
+            report.deleted_segments += 1;
+            expected = expected.max(files[i + 1].0);
+            continue;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(is_last)
+            .open(path)
+            .map_err(|e| Error::io("open", path, None, e))?;
+        let file_len = file
+            .metadata()
+            .map_err(|e| Error::io("stat", path, None, e))?
+            .len();
+        expected = expected.max(*first);
+        let mut scanner = Scanner::new(&file, path, file_len, 0, expected);
+        let mut valid_len = file_len;
+        loop {
+            match scanner.next_item()? {
+                Item::Record { seq, offset, .. } => {
+                    if seq > expected {
+                        let lost = acks.insert_range(expected, seq);
+                        report.corrupt_records += lost;
+                    }
+                    expected = seq + 1;
+                    if seq >= low {
+                        report.replayed_records += 1;
+                        start.get_or_insert(StartPos {
+                            seq,
+                            segment: *first,
+                            offset,
+                        });
+                    }
+                }
+                Item::Corrupt {
+                    offset,
+                    bytes,
+                    reason,
+                } => {
+                    report.corrupt_bytes += bytes;
+                    let region = SkippedRegion {
+                        path: path.clone(),
+                        offset,
+                        bytes,
+                        reason,
+                        truncated: false,
+                    };
+                    note(&mut report, region);
+                }
+                Item::Tail {
+                    offset,
+                    bytes,
+                    reason,
+                } => {
+                    if is_last {
+                        report.truncated_bytes += bytes;
+                        valid_len = offset;
+                    } else {
+                        report.corrupt_bytes += bytes;
+                    }
+                    let region = SkippedRegion {
+                        path: path.clone(),
+                        offset,
+                        bytes,
+                        reason,
+                        truncated: is_last,
+                    };
+                    note(&mut report, region);
+                }
+                Item::End => break,
+            }
+        }
+        if valid_len < file_len {
+            file.set_len(valid_len)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| Error::io("truncate", path, Some(valid_len), e))?;
+        }
+        if is_last && valid_len == 0 {
+            // Nothing valid in the active segment: start it afresh at `next_seq` below.
+            remove_segment(path)?;
+            continue;
+        }
+        segments.push_back(SegMeta {
+            first: *first,
+            bytes: valid_len,
+        });
+        last_file_kept = is_last;
+    }
+
+    let next_seq = expected.max(low);
+    // The active segment must end exactly at `next_seq` so seqs stay contiguous within it.
+    if !(last_file_kept && expected == next_seq) {
+        segments.push_back(SegMeta {
+            first: next_seq,
+            bytes: 0,
+        });
+    }
+    // Drop segments made deletable by gap acknowledgements or the jump above.
+    let low = acks.low_water();
+    while segments.get(1).is_some_and(|next| next.first <= low) {
+        if let Some(old) = segments.pop_front() {
+            remove_segment(&segment::segment_path(dir, old.first))?;
+            report.deleted_segments += 1;
+        }
+    }
+    let start = match start {
+        Some(s) if s.seq >= low => s,
+        _ => {
+            let active = segments.back().copied().unwrap_or(SegMeta {
+                first: next_seq,
+                bytes: 0,
+            });
+            StartPos {
+                seq: next_seq,
+                segment: active.first,
+                offset: active.bytes,
+            }
+        }
+    };
+    if report.deleted_segments > 0 || report.truncated_bytes > 0 {
+        checkpoint::sync_dir(dir)?;
+    }
+    report.segments = segments.iter().filter(|s| s.bytes > 0).count();
+    report.acked_low_water = low;
+    report.next_seq = next_seq;
+    report.duration = started.elapsed();
+    Ok(Recovered {
+        segments,
+        next_seq,
+        acks,
+        ckpt_low,
+        start,
+        report,
+    })
+}

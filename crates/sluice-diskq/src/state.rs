@@ -1,0 +1,173 @@
+//! The state shared by appenders, readers, ackers and the writer thread.
+//!
+//! One `parking_lot` mutex guards [`State`]; it is held only for bookkeeping and memcpy, never
+//! across file I/O. The writer thread waits on [`Shared::wake`] with that mutex. Watermarks
+//! that async callers wait for are published on `tokio::sync::watch` channels
+//! ([`Shared::progress`], [`Shared::space`]), so waiters never miss a wake-up.
+//!
+//! Invariants:
+//! - `segments` is never empty; its last entry is the active segment, which appends go to.
+//! - `disk_bytes` is the sum of `segments[..].bytes`, which count pending bytes too.
+//! - `pending` chunks are contiguous in seq and in file offset, in order; `written` is the
+//!   first seq not yet handed to the OS, so `pending` starts at `written`.
+//! - `tail` holds written chunks in seq order, ending at `written`.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use parking_lot::{Condvar, Mutex};
+use tokio::sync::watch;
+
+use crate::acks::AckSet;
+use crate::{Options, Seq, WriteFailure};
+
+/// Bytes that may wait for the writer before `append` reports `Full`.
+pub(crate) const PENDING_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// One segment's bookkeeping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SegMeta {
+    /// Seq of its first record (its file name).
+    pub first: Seq,
+    /// Bytes in it, including bytes not yet written.
+    pub bytes: u64,
+}
+
+/// Encoded records for one segment, waiting to be written.
+#[derive(Debug)]
+pub(crate) struct Chunk {
+    pub segment: Seq,
+    pub offset: u64,
+    pub first_seq: Seq,
+    pub end_seq: Seq,
+    pub buf: Vec<u8>,
+}
+
+/// A written chunk kept in memory for readers.
+#[derive(Debug, Clone)]
+pub(crate) struct TailChunk {
+    pub segment: Seq,
+    pub offset: u64,
+    pub first_seq: Seq,
+    pub end_seq: Seq,
+    pub bytes: Bytes,
+}
+
+/// What async waiters watch.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Progress {
+    /// Every seq below is handed to the OS.
+    pub written: Seq,
+    /// Every seq below is durable.
+    pub durable: Seq,
+    /// Set once, when a write or sync fails.
+    pub failed: Option<Arc<WriteFailure>>,
+    /// Set once `close()`'s final flush is done (or the writer has stopped).
+    pub closed: bool,
+}
+
+/// The mutable state behind [`Shared::state`].
+#[derive(Debug)]
+pub(crate) struct State {
+    pub next_seq: Seq,
+    pub written: Seq,
+    pub pending: Vec<Chunk>,
+    pub pending_bytes: u64,
+    pub segments: VecDeque<SegMeta>,
+    pub disk_bytes: u64,
+    pub acks: AckSet,
+    pub ckpt_low: Seq,
+    /// A segment became deletable: checkpoint now rather than at the interval.
+    pub ckpt_urgent: bool,
+    /// `append` refused a record: bump the space epoch when pending bytes drain.
+    pub space_wanted: bool,
+    pub close_requested: bool,
+    pub shutdown: bool,
+    pub crash: bool,
+    pub failed: Option<Arc<WriteFailure>>,
+    pub tail: VecDeque<TailChunk>,
+    pub tail_bytes: usize,
+    /// The writer thread is waiting on the condvar.
+    pub writer_idle: bool,
+}
+
+impl State {
+    /// Whether the oldest segment holds only acknowledged records and can be deleted once the
+    /// checkpoint covers it.
+    pub fn front_deletable(&self, low: Seq) -> bool {
+        self.segments.get(1).is_some_and(|next| next.first <= low)
+    }
+
+    /// Records handed in (or recovered) and not yet acknowledged.
+    pub fn unacked(&self) -> u64 {
+        self.next_seq
+            .saturating_sub(self.acks.low_water())
+            .saturating_sub(self.acks.acked_above())
+    }
+}
+
+/// Where the next `read_batch` starts.
+#[derive(Debug)]
+pub(crate) struct ReadCursor {
+    pub seq: Seq,
+    pub segment: Seq,
+    pub offset: u64,
+    /// The open segment file last read from.
+    pub file: Option<(Seq, File)>,
+}
+
+/// Counters only ever incremented.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub fsyncs: AtomicU64,
+    pub records_synced: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub checkpoints: AtomicU64,
+    pub corrupt_records: AtomicU64,
+    pub corrupt_bytes: AtomicU64,
+}
+
+impl Counters {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Everything the queue handle, readers and writer thread share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub dir: PathBuf,
+    pub opts: Options,
+    pub state: Mutex<State>,
+    pub wake: Condvar,
+    pub progress: watch::Sender<Progress>,
+    /// Epoch bumped whenever space may have been freed.
+    pub space: watch::Sender<u64>,
+    pub reader: Mutex<ReadCursor>,
+    pub counters: Counters,
+    /// Held for the queue's lifetime: dropping it releases the directory lock.
+    pub _lock: File,
+}
+
+impl Shared {
+    /// Wakes the writer thread if it is waiting.
+    pub fn wake_writer(&self, st: &mut State) {
+        if st.writer_idle {
+            st.writer_idle = false;
+            self.wake.notify_one();
+        }
+    }
+
+    /// Tells `wait_space` callers that space may have been freed.
+    pub fn bump_space(&self) {
+        self.space.send_modify(|e| *e = e.wrapping_add(1));
+    }
+}

@@ -1,0 +1,1 @@
+//! Appending, reading, acknowledging, closing and reopening.

@@ -1,0 +1,3 @@
+//! Behavioural tests of the whole queue: each file covers one promise.
+
+mod basic;

@@ -1,0 +1,373 @@
+//! The writer thread: group commit, checkpoints and segment deletion.
+//!
+//! One `std::thread` per queue owns every write to segment files. Each round it swaps the
+//! pending batch out of the shared state, `write()`s it at the offsets appenders reserved,
+//! publishes the *written* watermark (readers may now see the records), then — per the sync
+//! policy — covers the whole batch with one `fdatasync` and publishes the *durable* watermark,
+//! releasing every `wait_durable` caller the sync covers. Appends that arrive meanwhile form the
+//! next batch, which is what makes one sync cover hundreds of records under load.
+//!
+//! Invariants:
+//! - *durable* never passes *written*, and never passes data whose sync failed.
+//! - The first write or sync error poisons the queue: the failure is published, pending data
+//!   is discarded, and no later record is ever reported durable. Checkpoints continue (they
+//!   only record acknowledgements).
+//! - A segment file is synced before the writer moves on to the next one, and the directory is
+//!   synced after a segment is created, so a rolled-over segment is as durable as its records.
+//! - A segment is deleted only after a checkpoint at or above its last seq is durable.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::state::{Counters, Shared, TailChunk};
+use crate::{SyncPolicy, WriteFailure, checkpoint, segment};
+
+/// What a crashed writer leaves behind, for tests that simulate power loss.
+#[derive(Debug, Clone, Default)]
+// Only the crash tests read the fields; release builds just join the thread.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) struct ExitInfo {
+    /// The segment file the writer was appending to.
+    pub active: Option<PathBuf>,
+    /// Bytes of it covered by the sync policy (the rest may vanish on power loss).
+    pub durable_len: u64,
+}
+
+struct OpenSegment {
+    first: u64,
+    path: PathBuf,
+    file: File,
+    written_len: u64,
+    synced_len: u64,
+}
+
+/// The writer thread's own state.
+struct Writer {
+    shared: Arc<Shared>,
+    active: Option<OpenSegment>,
+    written: u64,
+    durable: u64,
+    last_sync: Instant,
+    last_ckpt: Instant,
+}
+
+/// Publishes a failure if the writer thread unwinds, so no waiter hangs forever.
+struct PanicGuard<'a>(&'a Shared);
+
+impl Drop for PanicGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let failure = Arc::new(WriteFailure {
+                path: self.0.dir.clone(),
+                op: "writer thread",
+                offset: None,
+                source: std::io::Error::other("the disk queue writer thread panicked"),
+            });
+            self.0.state.lock().failed = Some(failure.clone());
+            self.0.progress.send_modify(|p| {
+                p.failed = Some(failure);
+                p.closed = true;
+            });
+        }
+    }
+}
+
+/// Runs the writer until shutdown (or a simulated crash).
+pub(crate) fn run(shared: Arc<Shared>, written: u64) -> ExitInfo {
+    let _guard = PanicGuard(&shared);
+    let mut w = Writer {
+        shared: shared.clone(),
+        active: None,
+        written,
+        durable: written,
+        last_sync: Instant::now(),
+        last_ckpt: Instant::now(),
+    };
+    w.run()
+}
+
+impl Writer {
+    fn sync_interval(&self) -> Option<Duration> {
+        match self.shared.opts.sync {
+            SyncPolicy::Every(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    fn exit_info(&self) -> ExitInfo {
+        match &self.active {
+            Some(seg) => ExitInfo {
+                active: Some(seg.path.clone()),
+                durable_len: match self.shared.opts.sync {
+                    SyncPolicy::Never => seg.written_len,
+                    _ => seg.synced_len,
+                },
+            },
+            None => ExitInfo::default(),
+        }
+    }
+
+    fn run(&mut self) -> ExitInfo {
+        let interval = self.shared.opts.checkpoint_interval;
+        loop {
+            let (batch, closing, shutdown) = {
+                let mut st = self.shared.state.lock();
+                loop {
+                    if st.crash {
+                        return self.exit_info();
+                    }
+                    let now = Instant::now();
+                    let unsynced = self.written > self.durable;
+                    let sync_at = self.sync_interval().map(|d| self.last_sync + d);
+                    let sync_due = unsynced && sync_at.is_some_and(|t| now >= t);
+                    let low_moved = st.acks.low_water() != st.ckpt_low;
+                    let ckpt_due =
+                        low_moved && (st.ckpt_urgent || now >= self.last_ckpt + interval);
+                    let closing = st.close_requested && self.written < st.next_seq
+                        || st.close_requested && unsynced
+                        || st.close_requested && !self.shared.progress.borrow().closed;
+                    if !st.pending.is_empty() || sync_due || ckpt_due || closing || st.shutdown {
+                        break;
+                    }
+                    let mut deadline = now + interval;
+                    if unsynced && let Some(t) = sync_at {
+                        deadline = deadline.min(t);
+                    }
+                    st.writer_idle = true;
+                    self.shared.wake.wait_until(&mut st, deadline);
+                    st.writer_idle = false;
+                }
+                let batch = std::mem::take(&mut st.pending);
+                (batch, st.close_requested, st.shutdown)
+            };
+
+            self.write_batch(batch);
+            if self.shared.state.lock().crash {
+                // A simulated crash between write() and fdatasync().
+                return self.exit_info();
+            }
+            let force = closing || shutdown;
+            let sync_now = match self.shared.opts.sync {
+                SyncPolicy::Always => true,
+                SyncPolicy::Every(d) => force || self.last_sync.elapsed() >= d,
+                SyncPolicy::Never => force,
+            };
+            if self.written > self.durable {
+                if sync_now {
+                    self.sync();
+                } else if self.shared.opts.sync == SyncPolicy::Never {
+                    self.publish_durable(self.written);
+                }
+            }
+            self.maintain(force);
+            if force {
+                self.shared.progress.send_modify(|p| p.closed = true);
+            }
+            if shutdown {
+                return self.exit_info();
+            }
+        }
+    }
+
+    fn fail(&mut self, op: &'static str, path: PathBuf, offset: Option<u64>, e: std::io::Error) {
+        tracing::error!(path = %path.display(), op, error = %e, "Disk queue write failed; refusing further writes until reopened.");
+        let failure = Arc::new(WriteFailure {
+            path,
+            op,
+            offset,
+            source: e,
+        });
+        let mut st = self.shared.state.lock();
+        if st.failed.is_none() {
+            st.failed = Some(failure.clone());
+        }
+        st.pending.clear();
+        st.pending_bytes = 0;
+        drop(st);
+        self.shared.progress.send_modify(|p| {
+            if p.failed.is_none() {
+                p.failed = Some(failure);
+            }
+        });
+        self.active = None;
+    }
+
+    fn failed(&self) -> bool {
+        self.shared.progress.borrow().failed.is_some()
+    }
+
+    /// Makes `first` the open segment, syncing and closing the previous one.
+    fn switch_to(&mut self, first: u64) -> bool {
+        if self.active.as_ref().is_some_and(|a| a.first == first) {
+            return true;
+        }
+        if self.active.is_some() && self.shared.opts.sync != SyncPolicy::Never && !self.sync_file()
+        {
+            return false;
+        }
+        let path = segment::segment_path(&self.shared.dir, first);
+        let existed = path.exists();
+        let file = match OpenOptions::new().create(true).write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                self.fail("create", path, None, e);
+                return false;
+            }
+        };
+        if !existed
+            && self.shared.opts.sync != SyncPolicy::Never
+            && let Err(e) = File::open(&self.shared.dir).and_then(|d| d.sync_all())
+        {
+            self.fail("fsync directory", self.shared.dir.clone(), None, e);
+            return false;
+        }
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        self.active = Some(OpenSegment {
+            first,
+            path,
+            file,
+            written_len: len,
+            synced_len: len,
+        });
+        true
+    }
+
+    fn write_batch(&mut self, batch: Vec<crate::state::Chunk>) {
+        if batch.is_empty() || self.failed() {
+            return;
+        }
+        let mut tail = Vec::with_capacity(batch.len());
+        let mut bytes_total = 0u64;
+        for chunk in batch {
+            if !self.switch_to(chunk.segment) {
+                return;
+            }
+            let Some(seg) = self.active.as_mut() else {
+                return;
+            };
+            if let Err(e) = seg.file.write_all_at(&chunk.buf, chunk.offset) {
+                let path = seg.path.clone();
+                self.fail("write", path, Some(chunk.offset), e);
+                return;
+            }
+            let len = chunk.buf.len() as u64;
+            seg.written_len = seg.written_len.max(chunk.offset + len);
+            bytes_total += len;
+            self.written = chunk.end_seq;
+            tail.push(TailChunk {
+                segment: chunk.segment,
+                offset: chunk.offset,
+                first_seq: chunk.first_seq,
+                end_seq: chunk.end_seq,
+                bytes: Bytes::from(chunk.buf),
+            });
+        }
+        Counters::add(&self.shared.counters.bytes_written, bytes_total);
+        let limit = self.shared.opts.read_cache_bytes;
+        let mut st = self.shared.state.lock();
+        st.written = self.written;
+        st.pending_bytes = st.pending_bytes.saturating_sub(bytes_total);
+        for t in tail {
+            st.tail_bytes += t.bytes.len();
+            st.tail.push_back(t);
+        }
+        while st.tail_bytes > limit {
+            match st.tail.pop_front() {
+                Some(old) => st.tail_bytes -= old.bytes.len(),
+                None => break,
+            }
+        }
+        let space = std::mem::take(&mut st.space_wanted);
+        drop(st);
+        let written = self.written;
+        self.shared.progress.send_modify(|p| p.written = written);
+        if space {
+            self.shared.bump_space();
+        }
+    }
+
+    /// `fdatasync`s the open segment. Returns false on failure.
+    fn sync_file(&mut self) -> bool {
+        let Some(seg) = self.active.as_mut() else {
+            return true;
+        };
+        if seg.synced_len == seg.written_len {
+            return true;
+        }
+        if let Err(e) = seg.file.sync_data() {
+            let path = seg.path.clone();
+            self.fail("fdatasync", path, None, e);
+            return false;
+        }
+        seg.synced_len = seg.written_len;
+        Counters::add(&self.shared.counters.fsyncs, 1);
+        true
+    }
+
+    fn sync(&mut self) {
+        self.last_sync = Instant::now();
+        if self.sync_file() {
+            self.publish_durable(self.written);
+        }
+    }
+
+    fn publish_durable(&mut self, upto: u64) {
+        if upto <= self.durable || self.failed() {
+            return;
+        }
+        Counters::add(&self.shared.counters.records_synced, upto - self.durable);
+        self.durable = upto;
+        self.shared.progress.send_modify(|p| p.durable = upto);
+    }
+
+    /// Writes the checkpoint if due (or `force`d) and deletes segments it made obsolete.
+    fn maintain(&mut self, force: bool) {
+        let (low, urgent) = {
+            let mut st = self.shared.state.lock();
+            let low = st.acks.low_water();
+            if low == st.ckpt_low {
+                st.ckpt_urgent = false;
+                return;
+            }
+            (low, st.ckpt_urgent)
+        };
+        if !(force || urgent || self.last_ckpt.elapsed() >= self.shared.opts.checkpoint_interval) {
+            return;
+        }
+        self.last_ckpt = Instant::now();
+        if let Err(e) = checkpoint::write(&self.shared.dir, low) {
+            tracing::warn!(error = %e, "Writing the disk queue checkpoint failed; will retry.");
+            return;
+        }
+        Counters::add(&self.shared.counters.checkpoints, 1);
+        let mut doomed = Vec::new();
+        {
+            let mut st = self.shared.state.lock();
+            st.ckpt_low = low;
+            st.ckpt_urgent = false;
+            while st.front_deletable(low) {
+                if let Some(old) = st.segments.pop_front() {
+                    st.disk_bytes -= old.bytes;
+                    doomed.push(old.first);
+                }
+            }
+        }
+        for first in &doomed {
+            let path = segment::segment_path(&self.shared.dir, *first);
+            if let Err(e) = std::fs::remove_file(&path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %path.display(), error = %e, "Deleting an acknowledged segment failed.");
+            }
+        }
+        if !doomed.is_empty() {
+            tracing::debug!(segments = doomed.len(), low, "Deleted acknowledged segments.");
+            self.shared.bump_space();
+        }
+    }
+}
