@@ -51,6 +51,8 @@ pub enum Target {
     Sluice,
     Rsyslog,
     Baseline,
+    /// A relay the caller runs itself ([`run_external`]).
+    External,
 }
 
 impl std::fmt::Display for Target {
@@ -59,6 +61,7 @@ impl std::fmt::Display for Target {
             Target::Sluice => "sluice",
             Target::Rsyslog => "rsyslog",
             Target::Baseline => "baseline",
+            Target::External => "external",
         })
     }
 }
@@ -145,6 +148,34 @@ impl Receiver {
     }
 }
 
+/// A fresh tracker and the receiver `target` delivers into.
+async fn receiver_for(plan: &Plan, target: Target) -> Result<(Receiver, Arc<SharedTracker>)> {
+    let origin_ns = payload::now_ns();
+    let tracker = Arc::new(SharedTracker::new(Tracker::new(
+        plan.seq_limit(),
+        origin_ns,
+    )));
+    // The baseline's receiver speaks the producer's protocol; otherwise the sink's.
+    let kind = match (target, plan.source) {
+        (Target::Baseline, SourceKind::Tcp) => SinkKind::Tcp,
+        (Target::Baseline, SourceKind::Http) => SinkKind::Http,
+        _ => plan.sink,
+    };
+    let sink_rate = plan.sink_rate.filter(|_| target != Target::Baseline);
+    let receiver = match kind {
+        SinkKind::Tcp => Receiver::Tcp(TcpReceiver::start(tracker.clone()).await?),
+        SinkKind::Http => Receiver::Http(HttpReceiver::start(tracker.clone(), sink_rate).await?),
+    };
+    Ok((receiver, tracker))
+}
+
+/// What sits between the sender and the receiver during one run.
+struct Middle {
+    source_addr: SocketAddr,
+    relay: Option<Relay>,
+    peer: Option<Proc>,
+}
+
 /// Measures `plan` once against `target`. `exe` is the relay (sluice or rsyslogd) binary.
 pub async fn run_once(
     plan: &Plan,
@@ -154,27 +185,13 @@ pub async fn run_once(
     keep_config: bool,
 ) -> Result<RunResult> {
     let (_guard, dir) = run_dir(keep_config)?;
-    let origin_ns = payload::now_ns();
-    let tracker = Arc::new(SharedTracker::new(Tracker::new(
-        plan.seq_limit(),
-        origin_ns,
-    )));
-    // The baseline's receiver speaks the producer's protocol; otherwise the sink's.
-    let recv_kind = match target {
-        Target::Baseline => match plan.source {
-            SourceKind::Tcp => SinkKind::Tcp,
-            SourceKind::Http => SinkKind::Http,
+    let (receiver, tracker) = receiver_for(plan, target).await?;
+    let middle = match target {
+        Target::Baseline | Target::External => Middle {
+            source_addr: receiver.addr(),
+            relay: None,
+            peer: None,
         },
-        _ => plan.sink,
-    };
-    let sink_rate = plan.sink_rate.filter(|_| target != Target::Baseline);
-    let receiver = match recv_kind {
-        SinkKind::Tcp => Receiver::Tcp(TcpReceiver::start(tracker.clone()).await?),
-        SinkKind::Http => Receiver::Http(HttpReceiver::start(tracker.clone(), sink_rate).await?),
-    };
-
-    let (mut relay, mut peer, source_addr) = match target {
-        Target::Baseline => (None, None, receiver.addr()),
         Target::Sluice => {
             let exe = exe.context("no sluice binary given")?;
             let spec = RelaySpec {
@@ -189,29 +206,65 @@ pub async fn run_once(
                 concurrency: plan.concurrency,
                 queue: plan.queue.clone(),
             };
-            let r = Relay::start(exe, &spec, &dir).await?;
-            (Some(r), None, spec.source_addr)
+            Middle {
+                source_addr: spec.source_addr,
+                relay: Some(Relay::start(exe, &spec, &dir).await?),
+                peer: None,
+            }
         }
         Target::Rsyslog => {
-            if plan.source != SourceKind::Tcp || recv_kind != SinkKind::Tcp {
+            if plan.source != SourceKind::Tcp || plan.sink != SinkKind::Tcp {
                 bail!("the rsyslog peer runs TCP in, TCP out only (scenario S1)");
             }
             let exe = exe.context("no rsyslogd binary given")?;
             let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-            let p = crate::rsyslog::start(exe, &dir, listen, receiver.addr()).await?;
-            (None, Some(p), listen)
+            Middle {
+                source_addr: listen,
+                relay: None,
+                peer: Some(crate::rsyslog::start(exe, &dir, listen, receiver.addr()).await?),
+            }
         }
     };
-    let pid = relay
-        .as_ref()
-        .map(|r| r.proc.pid)
-        .or(peer.as_ref().map(|p| p.pid));
-    let before = pid.map(procstat::sample).transpose()?;
+    let r = measure(plan, target, run, receiver, &tracker, middle).await?;
+    if keep_config {
+        eprintln!(
+            "run {run} ({target}): configs and logs kept in {}",
+            dir.display()
+        );
+    }
+    Ok(r)
+}
 
+/// Measures `plan` once through a relay the caller runs itself (tests use an in-process one):
+/// `start` gets the receiver's address and returns the address the producer should send to.
+pub async fn run_external<F, Fut>(plan: &Plan, start: F) -> Result<RunResult>
+where
+    F: FnOnce(SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = Result<SocketAddr>>,
+{
+    let (receiver, tracker) = receiver_for(plan, Target::External).await?;
+    let middle = Middle {
+        source_addr: start(receiver.addr()).await?,
+        relay: None,
+        peer: None,
+    };
+    measure(plan, Target::External, 1, receiver, &tracker, middle).await
+}
+
+async fn measure(
+    plan: &Plan,
+    target: Target,
+    run: u32,
+    receiver: Receiver,
+    tracker: &SharedTracker,
+    mut middle: Middle,
+) -> Result<RunResult> {
+    let pid = (middle.relay.as_ref().map(|r| r.proc.pid)).or(middle.peer.as_ref().map(|p| p.pid));
+    let before = pid.map(procstat::sample).transpose()?;
     let transport = match plan.source {
-        SourceKind::Tcp => Transport::Tcp(source_addr),
+        SourceKind::Tcp => Transport::Tcp(middle.source_addr),
         SourceKind::Http => Transport::Http {
-            addr: source_addr,
+            addr: middle.source_addr,
             path: "/ingest".into(),
         },
     };
@@ -226,7 +279,9 @@ pub async fn run_once(
         window: Some(window.clone()),
     };
     let outage = match (plan.outage, receiver.control(), target) {
-        (Some(o), Some(ctl), Target::Sluice) => Some(tokio::spawn(outage(o, ctl, window))),
+        (Some(o), Some(ctl), Target::Sluice | Target::External) => {
+            Some(tokio::spawn(outage(o, ctl, window)))
+        }
         _ => None,
     };
     let send_start_ns = payload::now_ns();
@@ -238,28 +293,25 @@ pub async fn run_once(
     let sent = match sent {
         Ok(s) => s,
         Err(e) => {
-            let log = relay
-                .as_ref()
-                .map(|r| r.proc.log_tail())
-                .unwrap_or_default();
-            stop(relay.take().map(|r| r.proc)).await;
-            stop(peer.take()).await;
+            let log = (middle.relay.as_ref().map(|r| r.proc.log_tail())).unwrap_or_default();
+            stop(middle.relay.take().map(|r| r.proc)).await;
+            stop(middle.peer.take()).await;
             return Err(e.context(format!("sending to {target} failed\n{log}")));
         }
     };
     let expected = sent.sent().saturating_sub(sent.rejected + sent.errors);
-    wait_for_drain(&tracker, expected, plan.drain_timeout).await;
+    wait_for_drain(tracker, expected, plan.drain_timeout).await;
 
     let after = pid.map(procstat::sample).transpose()?;
-    let ledger = match &relay {
+    let ledger = match &middle.relay {
         Some(r) => Some(r.stats().await.unwrap_or_else(|e| {
             eprintln!("warning: could not read the relay's /stats: {e:#}");
             Ledger::default()
         })),
         None => None,
     };
-    stop(relay.map(|r| r.proc)).await;
-    stop(peer).await;
+    stop(middle.relay.map(|r| r.proc)).await;
+    stop(middle.peer).await;
     drop(receiver);
 
     let tracked = tracker.with(|t| {
@@ -276,12 +328,6 @@ pub async fn run_once(
         }),
         _ => None,
     };
-    if keep_config {
-        eprintln!(
-            "run {run} ({target}): configs and logs kept in {}",
-            dir.display()
-        );
-    }
     Ok(RunResult::new(
         plan,
         target,

@@ -130,11 +130,14 @@ impl Tracker {
     }
 
     /// Records every non-empty line of `buf` (which must end at a line boundary).
-    pub fn record_lines(&mut self, buf: &[u8], recv_ns: u64) {
-        for line in buf.split(|&b| b == b'\n') {
+    pub fn record_lines(&mut self, mut buf: &[u8], recv_ns: u64) {
+        while !buf.is_empty() {
+            let end = payload::find_newline(buf).unwrap_or(buf.len());
+            let line = &buf[..end];
             if !line.iter().all(|b| b.is_ascii_whitespace()) {
                 self.record_raw(line, recv_ns);
             }
+            buf = buf.get(end + 1..).unwrap_or_default();
         }
     }
 
