@@ -1,1 +1,152 @@
-fn main() {}
+//! The `sluice` command: wiring and argument handling only; the relay lives in the library.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use sluice::config::Config;
+use sluice::relay::Relay;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info, warn};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "An asynchronous event relay: the producer never stalls, and nothing it was promised vanishes silently."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format.
+    #[arg(long, global = true, env = "SLUICE_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay described by a config file.
+    Run {
+        /// The TOML config file.
+        #[arg(short, long, env = "SLUICE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Check a config file (syntax, types, topology) without starting anything.
+    Validate {
+        #[arg(short, long, env = "SLUICE_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate { config } => match Config::load(&config) {
+            Ok(loaded) => {
+                println!(
+                    "{}: ok ({} sources, {} sinks)",
+                    config.display(),
+                    loaded.sources.len(),
+                    loaded.sinks.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config } => {
+            let loaded = match Config::load(&config) {
+                Ok(loaded) => loaded,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(cli.log_format);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(run(loaded))
+        }
+    }
+}
+
+async fn run(config: Config) -> ExitCode {
+    let (mut terminate, mut interrupt) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            error!("Cannot install signal handlers.");
+            return ExitCode::FAILURE;
+        }
+    };
+    let relay = match Relay::start(&config).await {
+        Ok(relay) => relay,
+        Err(e) => {
+            error!("{e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    info!(timeout = ?config.shutdown_timeout.0, "Shutting down: no longer accepting; delivering what is queued.");
+    let ledger = relay.ledger.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        warn!(
+            undelivered = ledger.undelivered(),
+            "Second signal: exiting now; events still in memory queues are lost."
+        );
+        std::process::exit(130);
+    });
+    let report = relay.shutdown().await;
+    if report.undelivered == 0 {
+        info!(
+            undelivered = 0,
+            "Stopped; every accepted event was delivered or counted as dropped."
+        );
+        ExitCode::SUCCESS
+    } else {
+        warn!(
+            undelivered = report.undelivered,
+            "Stopped with events not delivered (lost from memory queues)."
+        );
+        ExitCode::from(3)
+    }
+}

@@ -1,0 +1,181 @@
+//! The unit of data that moves through the relay.
+//!
+//! An [`Event`] is the payload bytes as received (a `Bytes` slice of the receive buffer, never
+//! copied on the way through) plus small metadata: a stable id, the source's name, the receive
+//! time and source attributes (an HTTP request's method, path, query and headers; a peer
+//! address). Events are shared as `Arc<Event>`: one that fans out to several sinks exists once.
+//!
+//! Ids are `node id + sequence`. The sequence of a process starts at the Unix time of its start
+//! in nanoseconds and counts up by one per event, so ids from one node never repeat across
+//! restarts unless the relay sustains more than one event per nanosecond.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode, Uri};
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+/// `node-sequence`, printed as hex (`0000abcd-17a2f3c4d5e6f701`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventId {
+    pub node: u32,
+    pub seq: u64,
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:08x}-{:016x}", self.node, self.seq)
+    }
+}
+
+/// Hands out ids for one node; shared by every source of the process.
+pub struct IdGenerator {
+    node: u32,
+    next: AtomicU64,
+}
+
+impl IdGenerator {
+    pub fn new(node: u32) -> Self {
+        let start = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        Self {
+            node,
+            next: AtomicU64::new(start),
+        }
+    }
+
+    pub fn next(&self) -> EventId {
+        EventId {
+            node: self.node,
+            seq: self.next.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+}
+
+/// What the source knew about where an event came from.
+#[derive(Debug, Default)]
+pub enum Attributes {
+    #[default]
+    None,
+    Peer(SocketAddr),
+    Http(Box<HttpRequest>),
+}
+
+/// The parts of an HTTP request needed to replay it.
+#[derive(Debug)]
+pub struct HttpRequest {
+    pub method: Method,
+    /// Path and query only (`/v1/items?id=3`).
+    pub uri: Uri,
+    /// As received, less the `Authorization` header when the source itself consumed it.
+    pub headers: HeaderMap,
+    pub peer: Option<SocketAddr>,
+}
+
+impl HttpRequest {
+    fn approximate_size(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum();
+        self.uri.to_string().len() + headers + 64
+    }
+}
+
+/// An answer the destination gave, carried back to a caller that waits for it
+/// (`passthrough_below_rate`).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn status(status: StatusCode) -> Self {
+        Self {
+            status,
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+        }
+    }
+}
+
+pub struct Event {
+    pub id: EventId,
+    pub source: Arc<str>,
+    pub received_at: SystemTime,
+    pub payload: Bytes,
+    pub attributes: Attributes,
+    /// Set when the producer waits for the destination's own answer. The first sink to get a
+    /// final answer sends it; if the event is dropped or fans out to no sink that answers, the
+    /// sender is dropped and the waiting source falls back to its configured status.
+    reply: Mutex<Option<oneshot::Sender<Reply>>>,
+}
+
+impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Event")
+            .field("id", &self.id)
+            .field("source", &self.source)
+            .field("payload_len", &self.payload.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Event {
+    pub fn new(id: EventId, source: Arc<str>, payload: Bytes, attributes: Attributes) -> Self {
+        Self {
+            id,
+            source,
+            received_at: SystemTime::now(),
+            payload,
+            attributes,
+            reply: Mutex::new(None),
+        }
+    }
+
+    /// Asks for the destination's answer; the returned receiver resolves when a sink replies
+    /// (or fails when no sink will).
+    pub fn want_reply(&self) -> oneshot::Receiver<Reply> {
+        let (tx, rx) = oneshot::channel();
+        *self.reply.lock() = Some(tx);
+        rx
+    }
+
+    /// Whether a caller is waiting for the destination's answer.
+    pub fn wants_reply(&self) -> bool {
+        self.reply.lock().is_some()
+    }
+
+    /// Sends the destination's answer to a waiting caller, if any (the first answer wins).
+    pub fn send_reply(&self, reply: Reply) {
+        if let Some(tx) = self.reply.lock().take() {
+            let _ = tx.send(reply);
+        }
+    }
+
+    /// Bytes this event holds, for queue bounds: the payload and its attributes.
+    pub fn size(&self) -> usize {
+        let attributes = match &self.attributes {
+            Attributes::Http(request) => request.approximate_size(),
+            _ => 0,
+        };
+        self.payload.len() + attributes
+    }
+
+    pub fn http(&self) -> Option<&HttpRequest> {
+        match &self.attributes {
+            Attributes::Http(request) => Some(request),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! The HTTP source: every method and path is an event; the caller is answered as soon as the
+//! event is accepted (asyncproxy's "answer at once, forward later").
+//!
+//! Per request: an optional bearer token (401 otherwise), a body limit (413, checked against
+//! `Content-Length` first and enforced while reading), a body read timeout (408), then the event
+//! goes to the sinks' queues. A full `block` queue holds the caller up to `accept_timeout`, then
+//! it gets 503 with `Retry-After`. Accepted events are answered `response_status` with an
+//! `X-Sluice-Event-Id` header. Below `passthrough_below_rate` requests per second the caller
+//! instead waits (up to `passthrough_timeout`) for the destination's own answer.
+//!
+//! Every request is counted `received`, and ends `delivered` (accepted by every queue) or
+//! `dropped{reason}`; a connection that sends bytes that are not HTTP counts as one received and
+//! dropped `decode_error`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tracing::info;
+
+use super::rate_meter::RateMeter;
+use super::{Fanout, RunningSource, SourceContext};
+use crate::config::error::{ConfigError, Locator};
+use crate::config::{ByteSize, HumanDuration};
+use crate::event::{Attributes, Event, HttpRequest, IdGenerator};
+use crate::http_server::{self, ConnectionFault, Handler, ServerOptions};
+use crate::ledger::{ComponentLedger, DropReason};
+use crate::sinks::http_forward::EVENT_ID_HEADER;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSourceConfig {
+    pub listen: SocketAddr,
+    /// What every caller gets once its request is accepted.
+    #[serde(default = "defaults::response_status")]
+    pub response_status: u16,
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_body_bytes: ByteSize,
+    /// When set, callers must send `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub auth_token: Option<String>,
+    /// How long a caller is held while the queue is full (`when_full = "block"`).
+    #[serde(default = "defaults::accept_timeout")]
+    pub accept_timeout: HumanDuration,
+    #[serde(default = "defaults::header_read_timeout")]
+    pub header_read_timeout: HumanDuration,
+    #[serde(default = "defaults::body_read_timeout")]
+    pub body_read_timeout: HumanDuration,
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    /// Below this many requests per second, wait for the destination's answer; 0 = never.
+    #[serde(default)]
+    pub passthrough_below_rate: u32,
+    #[serde(default = "defaults::passthrough_timeout")]
+    pub passthrough_timeout: HumanDuration,
+}
+
+mod defaults {
+    use super::{ByteSize, HumanDuration};
+    pub fn response_status() -> u16 {
+        202
+    }
+    pub fn max_body_bytes() -> ByteSize {
+        ByteSize::mib(1)
+    }
+    pub fn accept_timeout() -> HumanDuration {
+        HumanDuration::from_secs(5)
+    }
+    pub fn header_read_timeout() -> HumanDuration {
+        HumanDuration::from_secs(10)
+    }
+    pub fn body_read_timeout() -> HumanDuration {
+        HumanDuration::from_secs(30)
+    }
+    pub fn max_connections() -> usize {
+        10_000
+    }
+    pub fn passthrough_timeout() -> HumanDuration {
+        HumanDuration::from_secs(30)
+    }
+}
+
+impl HttpSourceConfig {
+    pub fn validate(&self, prefix: &str, locator: &Locator) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        if !(200..=299).contains(&self.response_status) {
+            errors.push(locator.error(
+                &format!("{prefix}.response_status"),
+                format!(
+                    "expected a success status (200 to 299), found {}",
+                    self.response_status
+                ),
+            ));
+        }
+        if self.max_body_bytes.0 == 0 {
+            errors.push(locator.error(
+                &format!("{prefix}.max_body_bytes"),
+                "expected at least 1 byte, found 0",
+            ));
+        }
+        if self
+            .auth_token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            errors.push(locator.error_with_hint(
+                &format!("{prefix}.auth_token"),
+                "expected a token, found an empty string",
+                "remove the key to accept callers without a token",
+            ));
+        }
+        if self.max_connections == 0 {
+            errors.push(locator.error(
+                &format!("{prefix}.max_connections"),
+                "expected at least 1, found 0",
+            ));
+        }
+        errors
+    }
+}
+
+struct HttpSource {
+    name: Arc<str>,
+    config: HttpSourceConfig,
+    status: StatusCode,
+    /// `Bearer <token>`, compared in constant time.
+    expected_authorization: Option<Vec<u8>>,
+    fanout: Fanout,
+    ledger: Arc<ComponentLedger>,
+    ids: Arc<IdGenerator>,
+    meter: RateMeter,
+}
+
+pub async fn start(
+    config: HttpSourceConfig,
+    context: SourceContext,
+) -> anyhow::Result<RunningSource> {
+    let listener = TcpListener::bind(config.listen).await.with_context(|| {
+        format!(
+            "sources.{}: cannot listen on {}",
+            context.name, config.listen
+        )
+    })?;
+    let local_addr = listener.local_addr()?;
+    info!(source = %context.name, address = %local_addr, "HTTP source listening.");
+    let options = ServerOptions {
+        max_connections: config.max_connections,
+        header_read_timeout: config.header_read_timeout.0,
+        grace: context.grace,
+    };
+    let source = Arc::new(HttpSource {
+        name: context.name,
+        status: StatusCode::from_u16(config.response_status).unwrap_or(StatusCode::ACCEPTED),
+        expected_authorization: config
+            .auth_token
+            .as_ref()
+            .map(|t| format!("Bearer {t}").into_bytes()),
+        config,
+        fanout: context.fanout,
+        ledger: context.ledger,
+        ids: context.ids,
+        meter: RateMeter::default(),
+    });
+    let task = tokio::spawn(http_server::serve(
+        listener,
+        source,
+        options,
+        context.shutdown,
+    ));
+    Ok(RunningSource {
+        local_addr: Some(local_addr),
+        task,
+    })
+}
+
+fn respond(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl HttpSource {
+    fn refuse(
+        &self,
+        reason: DropReason,
+        status: StatusCode,
+        body: &'static str,
+    ) -> Response<Full<Bytes>> {
+        self.ledger.dropped(reason, 1);
+        respond(status, body)
+    }
+
+    fn authorized(&self, request: &Request<Incoming>) -> bool {
+        let Some(expected) = &self.expected_authorization else {
+            return true;
+        };
+        request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .is_some_and(|given| constant_time_eq(given.as_bytes(), expected))
+    }
+
+    async fn accept(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+        let max_body = self.config.max_body_bytes.as_usize();
+        if !self.authorized(&request) {
+            let mut response = self.refuse(
+                DropReason::Unauthorized,
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token\n",
+            );
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+            return response;
+        }
+        let declared = request
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > max_body as u64) {
+            return self.refuse(
+                DropReason::FrameTooLarge,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body over max_body_bytes\n",
+            );
+        }
+        let (parts, body) = request.into_parts();
+        let body = match tokio::time::timeout(
+            self.config.body_read_timeout.0,
+            Limited::new(body, max_body).collect(),
+        )
+        .await
+        {
+            Err(_) => {
+                return self.refuse(
+                    DropReason::ReadTimeout,
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body not received in time\n",
+                );
+            }
+            Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => {
+                return self.refuse(
+                    DropReason::FrameTooLarge,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body over max_body_bytes\n",
+                );
+            }
+            Ok(Err(_)) => {
+                return self.refuse(
+                    DropReason::DecodeError,
+                    StatusCode::BAD_REQUEST,
+                    "cannot read the body\n",
+                );
+            }
+            Ok(Ok(collected)) => collected.to_bytes(),
+        };
+
+        let mut headers = parts.headers;
+        if self.expected_authorization.is_some() {
+            // The token was for this relay; it must not travel further.
+            headers.remove(http::header::AUTHORIZATION);
+        }
+        let uri = parts
+            .uri
+            .path_and_query()
+            .and_then(|pq| Uri::try_from(pq.as_str()).ok())
+            .unwrap_or_else(|| Uri::from_static("/"));
+        let attributes = Attributes::Http(Box::new(HttpRequest {
+            method: parts.method,
+            uri,
+            headers,
+            peer: Some(peer),
+        }));
+        let event = Event::new(self.ids.next(), self.name.clone(), body, attributes);
+        let id = event.id;
+        let passthrough = self.config.passthrough_below_rate > 0
+            && self.meter.rate() < f64::from(self.config.passthrough_below_rate);
+        self.meter.tick();
+        let reply = passthrough.then(|| event.want_reply());
+
+        self.ledger.in_flight.inc();
+        let pushed = self
+            .fanout
+            .push(
+                Arc::new(event),
+                Instant::now() + self.config.accept_timeout.0,
+            )
+            .await;
+        match pushed {
+            Ok(()) => {
+                self.ledger.delivered.inc();
+            }
+            Err(reason) => self.ledger.dropped(reason, 1),
+        }
+        self.ledger.in_flight.dec();
+        if let Err(reason) = pushed {
+            let mut response = respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queue full, try again later\n",
+            );
+            if reason == DropReason::QueueFull {
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            return response;
+        }
+
+        let mut response = match reply {
+            Some(reply) => {
+                match tokio::time::timeout(self.config.passthrough_timeout.0, reply).await {
+                    Ok(Ok(reply)) => {
+                        let mut response = Response::new(Full::new(reply.body));
+                        *response.status_mut() = reply.status;
+                        *response.headers_mut() = reply.headers;
+                        response
+                    }
+                    // No answer in time, or no sink will answer: the event is queued all the same.
+                    _ => respond(self.status, ""),
+                }
+            }
+            None => respond(self.status, ""),
+        };
+        if let Ok(value) = HeaderValue::try_from(id.to_string()) {
+            response.headers_mut().insert(EVENT_ID_HEADER, value);
+        }
+        response
+    }
+}
+
+impl Handler for HttpSource {
+    async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Full<Bytes>> {
+        self.ledger.received.inc();
+        self.accept(request, peer).await
+    }
+
+    fn connection_rejected(&self) {
+        self.ledger.connections_rejected.inc();
+    }
+
+    fn connection_fault(&self, fault: ConnectionFault) {
+        if fault == ConnectionFault::Malformed {
+            // Bytes that are not HTTP were still something a producer sent.
+            self.ledger.received.inc();
+            self.ledger.dropped(DropReason::DecodeError, 1);
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Sources: listeners that turn what producers send into events.
+//!
+//! A source owns its listener and its wire decoding, and hands each event to a [`Fanout`]: the
+//! queues of every sink that lists the source in its `inputs`. It never waits on a sink, only on
+//! a full queue's policy. Adding a kind is one file and a line in each `match` of
+//! [`SourceSettings`].
+
+pub mod http;
+pub mod rate_meter;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use toml::Table;
+
+use crate::config::error::{ConfigError, Locator};
+use crate::config::typed::parse_table;
+use crate::event::{Event, IdGenerator};
+use crate::ledger::{ComponentLedger, DropReason};
+use crate::queue::{PushError, SinkQueue};
+
+/// The kind-specific config of a source.
+#[derive(Debug, Clone)]
+pub enum SourceSettings {
+    Http(http::HttpSourceConfig),
+}
+
+impl SourceSettings {
+    pub const KINDS: &'static [&'static str] = &["http"];
+
+    pub fn parse(
+        kind: &str,
+        table: Table,
+        prefix: &str,
+        locator: &Locator,
+    ) -> Result<Self, Vec<ConfigError>> {
+        match kind {
+            "http" => parse_table(table, prefix, locator).map(Self::Http),
+            other => Err(vec![locator.error(
+                &format!("{prefix}.type"),
+                format!("unknown source type {other:?}"),
+            )]),
+        }
+    }
+
+    pub fn validate(&self, prefix: &str, locator: &Locator) -> Vec<ConfigError> {
+        match self {
+            Self::Http(c) => c.validate(prefix, locator),
+        }
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Http(_) => "http",
+        }
+    }
+
+    /// The TCP address the source listens on, if it has one.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Http(c) => Some(c.listen),
+        }
+    }
+}
+
+/// The queues one source feeds. An event goes to all of them, shared, not copied.
+#[derive(Clone, Default)]
+pub struct Fanout {
+    queues: Vec<Arc<SinkQueue>>,
+}
+
+impl Fanout {
+    pub fn new(queues: Vec<Arc<SinkQueue>>) -> Self {
+        Self { queues }
+    }
+
+    /// Offers `event` to every queue, waiting for room until `deadline`. Fails when any queue
+    /// refused it; queues that took it keep it (delivery is at-least-once: a producer that sends
+    /// again after a refusal may duplicate it there).
+    pub async fn push(&self, event: Arc<Event>, deadline: Instant) -> Result<(), DropReason> {
+        let mut result = Ok(());
+        for queue in &self.queues {
+            if let Err(error) = queue.push(event.clone(), deadline).await {
+                result = Err(match error {
+                    PushError::Full => DropReason::QueueFull,
+                    PushError::Closed => DropReason::ShuttingDown,
+                });
+            }
+        }
+        result
+    }
+}
+
+/// What every source gets to run.
+pub struct SourceContext {
+    pub name: Arc<str>,
+    pub fanout: Fanout,
+    pub ledger: Arc<ComponentLedger>,
+    pub ids: Arc<IdGenerator>,
+    pub shutdown: CancellationToken,
+    /// How long open connections get to finish once shutdown begins.
+    pub grace: Duration,
+}
+
+/// A source whose listener is bound.
+pub struct RunningSource {
+    pub local_addr: Option<SocketAddr>,
+    pub task: JoinHandle<()>,
+}
+
+/// Binds the source's listener and starts serving; errors say which source and address.
+pub async fn start(
+    settings: &SourceSettings,
+    context: SourceContext,
+) -> anyhow::Result<RunningSource> {
+    match settings {
+        SourceSettings::Http(config) => http::start(config.clone(), context).await,
+    }
+}
