@@ -157,8 +157,12 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[9] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
-        assert!(matches!(read(dir.path()).unwrap(), CheckpointStatus::Corrupt(why) if why.contains("checksum")));
+        assert!(
+            matches!(read(dir.path()).unwrap(), CheckpointStatus::Corrupt(why) if why.contains("checksum"))
+        );
         std::fs::write(&path, b"short").unwrap();
-        assert!(matches!(read(dir.path()).unwrap(), CheckpointStatus::Corrupt(why) if why.contains("expected 20 bytes")));
+        assert!(
+            matches!(read(dir.path()).unwrap(), CheckpointStatus::Corrupt(why) if why.contains("expected 20 bytes"))
+        );
     }
 }

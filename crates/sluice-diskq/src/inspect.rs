@@ -85,7 +85,11 @@ impl InspectReport {
         match (self.first_seq(), self.last_seq()) {
             (Some(first), Some(last)) if last >= low => {
                 let span = last - first.max(low) + 1;
-                span.saturating_sub(if first >= low { self.corrupt_records() } else { 0 })
+                span.saturating_sub(if first >= low {
+                    self.corrupt_records()
+                } else {
+                    0
+                })
             }
             _ => 0,
         }
@@ -155,7 +159,8 @@ pub fn inspect(dir: impl AsRef<Path>) -> Result<InspectReport, Error> {
     let dir = dir.as_ref();
     let checkpoint = checkpoint::read(dir)?;
     let mut segments = Vec::new();
-    let mut expected = 0;
+    let low = checkpoint.low_water().unwrap_or(0);
+    let mut expected = None;
     for (named_first, path) in segment::list_segments(dir)? {
         let file = match File::open(&path) {
             Ok(f) => f,
@@ -167,7 +172,8 @@ pub fn inspect(dir: impl AsRef<Path>) -> Result<InspectReport, Error> {
             .metadata()
             .map_err(|e| Error::io("stat", &path, None, e))?
             .len();
-        expected = expected.max(named_first);
+        // Later segments continue from where the previous one ended (see recovery).
+        let start = expected.unwrap_or(named_first);
         let mut rep = SegmentReport {
             path: path.clone(),
             named_first,
@@ -179,12 +185,14 @@ pub fn inspect(dir: impl AsRef<Path>) -> Result<InspectReport, Error> {
             corrupt_bytes: 0,
             tail_bytes: 0,
         };
-        let mut sc = Scanner::new(&file, &path, bytes, 0, expected);
+        let mut sc = Scanner::new(&file, &path, bytes, 0, start);
+        let mut next = start;
         loop {
             match sc.next_item()? {
                 Item::Record { seq, .. } => {
-                    rep.corrupt_records += seq - expected;
-                    expected = seq + 1;
+                    // Gaps below the low-water mark were acknowledged, not lost.
+                    rep.corrupt_records += seq - next.max(low).min(seq);
+                    next = seq + 1;
                     rep.records += 1;
                     rep.first_seq.get_or_insert(seq);
                     rep.last_seq = Some(seq);
@@ -194,6 +202,7 @@ pub fn inspect(dir: impl AsRef<Path>) -> Result<InspectReport, Error> {
                 Item::End => break,
             }
         }
+        expected = Some(next);
         segments.push(rep);
     }
     Ok(InspectReport {

@@ -15,9 +15,7 @@ use parking_lot::{Condvar, Mutex};
 use tokio::sync::watch;
 
 use crate::record::{encode_into, encoded_len};
-use crate::state::{
-    Chunk, Counters, PENDING_LIMIT, Progress, ReadCursor, SegMeta, Shared, State,
-};
+use crate::state::{Chunk, Counters, PENDING_LIMIT, Progress, ReadCursor, SegMeta, Shared, State};
 use crate::writer::{self, ExitInfo};
 use crate::{AppendError, Error, Options, RecoveryReport, Seq, Stats, recovery};
 
@@ -69,7 +67,10 @@ impl DiskQueue {
     /// processes can't share it, and recovers: see the crate documentation for what recovery
     /// does with damaged data. Fails only if the options are invalid, the directory cannot be
     /// created or read, or it is locked by another live process.
-    pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<(DiskQueue, RecoveryReport), Error> {
+    pub fn open(
+        dir: impl AsRef<Path>,
+        opts: Options,
+    ) -> Result<(DiskQueue, RecoveryReport), Error> {
         opts.validate()?;
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, None, e))?;
@@ -317,7 +318,11 @@ impl DiskQueue {
         let sh = self.shared();
         let mut st = sh.state.lock();
         if seq >= st.next_seq {
-            tracing::debug!(seq, next_seq = st.next_seq, "Ignoring ack of a seq never appended.");
+            tracing::debug!(
+                seq,
+                next_seq = st.next_seq,
+                "Ignoring ack of a seq never appended."
+            );
             return;
         }
         let before = st.acks.low_water();

@@ -118,7 +118,12 @@ fn take_from_chunk(cur: &mut ReadCursor, chunk: &TailChunk, batch: &mut Batch, l
 fn lose(sh: &Shared, from: Seq, to: Seq, bytes: u64) {
     let newly = sh.state.lock().acks.insert_range(from, to);
     if newly > 0 {
-        tracing::warn!(from, to, bytes, "Skipping records lost to corruption in the disk queue.");
+        tracing::warn!(
+            from,
+            to,
+            bytes,
+            "Skipping records lost to corruption in the disk queue."
+        );
         Counters::add(&sh.counters.corrupt_records, newly);
         Counters::add(&sh.counters.corrupt_bytes, bytes);
     }

@@ -115,7 +115,24 @@ pub struct Header {
 /// Reads the header at the start of `buf`, or `None` if fewer than [`HEADER_LEN`] bytes.
 pub fn read_header(buf: &[u8]) -> Option<Header> {
     let h: &[u8; HEADER_LEN] = buf.get(..HEADER_LEN)?.try_into().ok()?;
-    let [l0, l1, l2, l3, c0, c1, c2, c3, s0, s1, s2, s3, s4, s5, s6, s7] = *h;
+    let [
+        l0,
+        l1,
+        l2,
+        l3,
+        c0,
+        c1,
+        c2,
+        c3,
+        s0,
+        s1,
+        s2,
+        s3,
+        s4,
+        s5,
+        s6,
+        s7,
+    ] = *h;
     Some(Header {
         len: u32::from_le_bytes([l0, l1, l2, l3]),
         crc: u32::from_le_bytes([c0, c1, c2, c3]),
@@ -167,7 +184,11 @@ mod tests {
                 assert_eq!(len, HEADER_LEN + 5);
                 assert!(matches!(
                     decode(&buf[len..]),
-                    Decoded::Record { seq: 43, len: HEADER_LEN, .. }
+                    Decoded::Record {
+                        seq: 43,
+                        len: HEADER_LEN,
+                        ..
+                    }
                 ));
             }
             other => panic!("expected a record, found {other:?}"),

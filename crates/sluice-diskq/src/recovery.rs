@@ -161,6 +161,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, Error> {
     let mut start: Option<StartPos> = None;
     let mut expected = first_on_disk;
     let mut last_file_kept = false;
+    let mut scanned_any = false;
     let note = |report: &mut RecoveryReport, region: SkippedRegion| {
         tracing::warn!(path = %region.path.display(), offset = region.offset, bytes = region.bytes,
             reason = %region.reason, truncated = region.truncated, "Skipping corrupt bytes in disk queue segment.");
@@ -186,7 +187,12 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, Error> {
             .metadata()
             .map_err(|e| Error::io("stat", path, None, e))?
             .len();
-        expected = expected.max(*first);
+        if !scanned_any {
+            // Later segments continue from where the previous one ended, so that a damaged
+            // segment end shows up as a gap before the next segment's first record.
+            expected = expected.max(*first);
+            scanned_any = true;
+        }
         let mut scanner = Scanner::new(&file, path, file_len, 0, expected);
         let mut valid_len = file_len;
         loop {

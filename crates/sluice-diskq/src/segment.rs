@@ -306,17 +306,19 @@ mod tests {
         buf[56 * 3 + 20] ^= 0x40; // payload of seq 13
         let items = scan_all(&buf, 10);
         assert_eq!(seqs(&items), vec![10, 11, 12, 14, 15, 16, 17, 18, 19]);
-        assert!(items.contains(&Item::Corrupt {
-            offset: 56 * 3,
-            bytes: 56,
-            reason: items
-                .iter()
-                .find_map(|i| match i {
-                    Item::Corrupt { reason, .. } => Some(reason.clone()),
-                    _ => None,
-                })
-                .unwrap()
-        }));
+        assert!(
+            items.contains(&Item::Corrupt {
+                offset: 56 * 3,
+                bytes: 56,
+                reason: items
+                    .iter()
+                    .find_map(|i| match i {
+                        Item::Corrupt { reason, .. } => Some(reason.clone()),
+                        _ => None,
+                    })
+                    .unwrap()
+            })
+        );
     }
 
     #[test]
@@ -340,7 +342,9 @@ mod tests {
         buf.extend_from_slice(&[0u8; 4096]);
         let items = scan_all(&buf, 0);
         assert_eq!(seqs(&items), vec![0, 1, 2]);
-        assert!(matches!(items.last(), Some(Item::Tail { offset, bytes: 4096, .. }) if *offset == good));
+        assert!(
+            matches!(items.last(), Some(Item::Tail { offset, bytes: 4096, .. }) if *offset == good)
+        );
 
         let mut torn = Vec::new();
         encode_into(&mut torn, 0, b"abc");

@@ -366,7 +366,11 @@ impl Writer {
             }
         }
         if !doomed.is_empty() {
-            tracing::debug!(segments = doomed.len(), low, "Deleted acknowledged segments.");
+            tracing::debug!(
+                segments = doomed.len(),
+                low,
+                "Deleted acknowledged segments."
+            );
             self.shared.bump_space();
         }
     }

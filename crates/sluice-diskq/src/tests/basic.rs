@@ -18,8 +18,14 @@ async fn appended_records_are_read_back_in_order_with_contiguous_seqs() {
         assert_eq!(bytes, &payload(i as u64));
     }
     let stats = q.stats();
-    assert_eq!((stats.next_seq, stats.read_seq, stats.unacked_records), (200, 200, 200));
-    assert!(stats.segments > 1, "4 KiB segments must have rolled over: {stats:?}");
+    assert_eq!(
+        (stats.next_seq, stats.read_seq, stats.unacked_records),
+        (200, 200, 200)
+    );
+    assert!(
+        stats.segments > 1,
+        "4 KiB segments must have rolled over: {stats:?}"
+    );
 }
 
 #[tokio::test]
@@ -46,7 +52,10 @@ async fn read_batch_waits_for_an_append_and_respects_limits() {
 #[tokio::test]
 async fn close_flushes_and_readers_then_get_an_empty_batch() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = Options { sync: SyncPolicy::Never, ..small_opts() };
+    let opts = Options {
+        sync: SyncPolicy::Never,
+        ..small_opts()
+    };
     let (q, _) = DiskQueue::open(dir.path(), opts).unwrap();
     for i in 0..10 {
         q.append(&payload(i)).unwrap();
@@ -64,7 +73,10 @@ async fn close_flushes_and_readers_then_get_an_empty_batch() {
         n += batch.len();
     }
     assert_eq!(n, 10);
-    assert!(q.stats().fsyncs >= 1, "close syncs even with SyncPolicy::Never");
+    assert!(
+        q.stats().fsyncs >= 1,
+        "close syncs even with SyncPolicy::Never"
+    );
 }
 
 #[tokio::test]
@@ -89,7 +101,10 @@ async fn checkpoint_survives_restart_and_only_unacked_records_come_back() {
     assert_eq!(report.replayed_records, 60);
     assert_eq!(report.next_seq, 100);
     let got = drain(&q);
-    assert_eq!(got.iter().map(|r| r.0).collect::<Vec<_>>(), (40..100).collect::<Vec<_>>());
+    assert_eq!(
+        got.iter().map(|r| r.0).collect::<Vec<_>>(),
+        (40..100).collect::<Vec<_>>()
+    );
     assert_eq!(got[0].1, payload(40));
     // Numbering continues after a restart.
     assert_eq!(q.append(b"next").unwrap(), 100);
@@ -105,7 +120,13 @@ async fn segments_are_deleted_once_every_record_in_them_is_acknowledged() {
     let seg_files = || {
         std::fs::read_dir(dir.path())
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "seg"))
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "seg")
+            })
             .count()
     };
     assert_eq!(seg_files(), before.segments);
@@ -133,7 +154,10 @@ async fn segments_are_deleted_once_every_record_in_them_is_acknowledged() {
 #[tokio::test]
 async fn full_queue_refuses_appends_until_acks_free_a_segment() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = Options { max_bytes: 16 * 1024, ..small_opts() };
+    let opts = Options {
+        max_bytes: 16 * 1024,
+        ..small_opts()
+    };
     let (q, _) = DiskQueue::open(dir.path(), opts).unwrap();
     let mut appended = 0u64;
     let full = loop {
@@ -142,7 +166,16 @@ async fn full_queue_refuses_appends_until_acks_free_a_segment() {
             Err(e) => break e,
         }
     };
-    assert!(matches!(full, AppendError::Full { max_bytes: 16384, .. }), "{full}");
+    assert!(
+        matches!(
+            full,
+            AppendError::Full {
+                max_bytes: 16384,
+                ..
+            }
+        ),
+        "{full}"
+    );
     assert!(q.stats().bytes_on_disk <= 16 * 1024);
     q.wait_durable(appended - 1).await.unwrap();
     let waiter = {
@@ -152,14 +185,19 @@ async fn full_queue_refuses_appends_until_acks_free_a_segment() {
     for (seq, _) in drain(&q) {
         q.ack(seq);
     }
-    tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .unwrap()
+        .unwrap();
     // Everything was acknowledged, so space comes back (possibly after one more roll-over).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         match q.append(&[8u8; 200]) {
             Ok(_) => break,
             Err(AppendError::Full { .. }) if tokio::time::Instant::now() < deadline => {
-                tokio::time::timeout(Duration::from_secs(1), q.wait_space()).await.ok();
+                tokio::time::timeout(Duration::from_secs(1), q.wait_space())
+                    .await
+                    .ok();
             }
             Err(e) => panic!("append after acks: {e}"),
         }
@@ -171,7 +209,16 @@ async fn oversized_records_are_refused_without_writing() {
     let dir = tempfile::tempdir().unwrap();
     let (q, _) = DiskQueue::open(dir.path(), small_opts()).unwrap();
     let err = q.append(&vec![0u8; (1 << 16) + 1]).unwrap_err();
-    assert!(matches!(err, AppendError::TooLarge { len: 65537, max: 65536 }), "{err}");
+    assert!(
+        matches!(
+            err,
+            AppendError::TooLarge {
+                len: 65537,
+                max: 65536
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(q.stats().next_seq, 0);
     // A record larger than a segment gets a segment of its own.
     let seq = q.append(&vec![1u8; 10_000]).unwrap();
@@ -185,7 +232,10 @@ async fn a_locked_directory_is_refused_with_a_clear_error() {
     let (q, _) = DiskQueue::open(dir.path(), small_opts()).unwrap();
     let err = DiskQueue::open(dir.path(), small_opts()).unwrap_err();
     assert!(matches!(err, Error::Locked { .. }));
-    assert!(err.to_string().contains("locked by another process"), "{err}");
+    assert!(
+        err.to_string().contains("locked by another process"),
+        "{err}"
+    );
     drop(q);
     DiskQueue::open(dir.path(), small_opts()).unwrap();
 }
@@ -193,15 +243,24 @@ async fn a_locked_directory_is_refused_with_a_clear_error() {
 #[test]
 fn inconsistent_options_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = Options { max_bytes: 100, ..small_opts() };
+    let opts = Options {
+        max_bytes: 100,
+        ..small_opts()
+    };
     let err = DiskQueue::open(dir.path(), opts).unwrap_err();
-    assert!(err.to_string().contains("max_bytes: expected at least"), "{err}");
+    assert!(
+        err.to_string().contains("max_bytes: expected at least"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn every_policy_makes_records_durable_after_the_interval() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = Options { sync: SyncPolicy::Every(Duration::from_millis(30)), ..small_opts() };
+    let opts = Options {
+        sync: SyncPolicy::Every(Duration::from_millis(30)),
+        ..small_opts()
+    };
     let (q, _) = DiskQueue::open(dir.path(), opts).unwrap();
     let started = std::time::Instant::now();
     let mut last = 0;
@@ -210,7 +269,10 @@ async fn every_policy_makes_records_durable_after_the_interval() {
     }
     q.wait_durable(last).await.unwrap();
     let stats = q.stats();
-    assert!(stats.fsyncs <= 2, "one periodic sync covers the burst: {stats:?}");
+    assert!(
+        stats.fsyncs <= 2,
+        "one periodic sync covers the burst: {stats:?}"
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
     // Readers do not wait for the sync: written records are readable.
     assert_eq!(drain(&q).len(), 50);
