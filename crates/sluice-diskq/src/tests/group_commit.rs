@@ -1,1 +1,97 @@
-//! todo
+//! Group commit and failing disks: one `fdatasync` releases many waiters, and a failed write
+//! is never reported durable.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::small_opts;
+use crate::{AppendError, DiskQueue, Error, Options, SyncPolicy};
+
+#[test]
+fn concurrent_appenders_share_fsyncs_and_every_waiter_is_released() {
+    const WRITERS: u64 = 32;
+    const EACH: u64 = 50;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        max_bytes: 64 << 20,
+        segment_bytes: 1 << 20,
+        ..small_opts()
+    };
+    let (q, _) = DiskQueue::open(dir.path(), opts).unwrap();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for w in 0..WRITERS {
+            let q = q.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..EACH {
+                    let seq = q.append(format!("{w}:{i}").as_bytes()).unwrap();
+                    q.wait_durable(seq).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            tokio::time::timeout(Duration::from_secs(30), t).await.unwrap().unwrap();
+        }
+    });
+    let stats = q.stats();
+    let records = WRITERS * EACH;
+    assert_eq!(stats.durable_seq, records);
+    assert_eq!(stats.records_synced, records);
+    assert!(stats.fsyncs >= 1);
+    assert!(
+        stats.fsyncs < records,
+        "{} fsyncs for {records} records: syncs were not shared",
+        stats.fsyncs
+    );
+    eprintln!(
+        "group commit: {records} records, {} fsyncs, {:.1} records per fsync",
+        stats.fsyncs,
+        records as f64 / stats.fsyncs as f64
+    );
+}
+
+#[tokio::test]
+async fn a_failed_write_is_never_reported_durable_and_poisons_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let (q, _) = DiskQueue::open(dir.path(), small_opts()).unwrap();
+    // Every write to /dev/full fails with ENOSPC.
+    std::os::unix::fs::symlink("/dev/full", crate::segment::segment_path(dir.path(), 0)).unwrap();
+    let waiters: Vec<_> = (0..5)
+        .map(|i| {
+            let seq = q.append(format!("doomed {i}").as_bytes()).unwrap();
+            let q = q.clone();
+            tokio::spawn(async move { q.wait_durable(seq).await })
+        })
+        .collect();
+    for w in waiters {
+        let err = tokio::time::timeout(Duration::from_secs(5), w).await.unwrap().unwrap().unwrap_err();
+        assert!(matches!(err, Error::WriteFailed(_)), "{err}");
+        assert!(err.to_string().contains("00000000000000000000.seg"), "{err}");
+    }
+    let err = q.append(b"later").unwrap_err();
+    assert!(matches!(err, AppendError::Io(_)), "{err}");
+    let stats = q.stats();
+    assert!(stats.write_failed);
+    assert_eq!(stats.durable_seq, 0);
+    assert!(q.try_read_batch(10, 1 << 20).unwrap().is_none(), "unwritten records are not handed out");
+    assert!(matches!(q.close().await, Err(Error::WriteFailed(_))));
+}
+
+#[tokio::test]
+async fn never_policy_resolves_after_write_without_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options { sync: SyncPolicy::Never, ..small_opts() };
+    let (q, _) = DiskQueue::open(dir.path(), opts).unwrap();
+    let q = Arc::new(q);
+    let mut last = 0;
+    for i in 0..100 {
+        last = q.append(format!("{i}").as_bytes()).unwrap();
+    }
+    q.wait_durable(last).await.unwrap();
+    assert_eq!(q.stats().fsyncs, 0);
+}
