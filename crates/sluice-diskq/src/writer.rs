@@ -128,9 +128,8 @@ impl Writer {
                     let low_moved = st.acks.low_water() != st.ckpt_low;
                     let ckpt_due =
                         low_moved && (st.ckpt_urgent || now >= self.last_ckpt + interval);
-                    let closing = st.close_requested && self.written < st.next_seq
-                        || st.close_requested && unsynced
-                        || st.close_requested && !self.shared.progress.borrow().closed;
+                    // One round after close() flushes, syncs and checkpoints, then sets `closed`.
+                    let closing = st.close_requested && !self.shared.progress.borrow().closed;
                     if !st.pending.is_empty() || sync_due || ckpt_due || closing || st.shutdown {
                         break;
                     }
@@ -212,7 +211,12 @@ impl Writer {
         }
         let path = segment::segment_path(&self.shared.dir, first);
         let existed = path.exists();
-        let file = match OpenOptions::new().create(true).write(true).open(&path) {
+        let file = match OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+        {
             Ok(f) => f,
             Err(e) => {
                 self.fail("create", path, None, e);

@@ -25,7 +25,11 @@ async fn write_closed(dir: &Path, n: u64) -> Vec<PathBuf> {
         assert_eq!(q.append(&rec_payload(s)).unwrap(), s);
     }
     q.close().await.unwrap();
-    segment::list_segments(dir).unwrap().into_iter().map(|(_, p)| p).collect()
+    segment::list_segments(dir)
+        .unwrap()
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect()
 }
 
 fn patch(path: &Path, offset: u64, bytes: &[u8]) {
@@ -34,7 +38,11 @@ fn patch(path: &Path, offset: u64, bytes: &[u8]) {
 }
 
 fn flip(path: &Path, offset: u64) {
-    let f = OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     let mut b = [0u8];
     f.read_exact_at(&mut b, offset).unwrap();
     f.write_all_at(&[b[0] ^ 0x10], offset).unwrap();
@@ -95,7 +103,12 @@ async fn a_torn_tail_is_truncated_and_appends_continue_after_it() {
     let segs = write_closed(dir.path(), 100).await;
     let last = segs.last().unwrap();
     let len = std::fs::metadata(last).unwrap().len();
-    OpenOptions::new().write(true).open(last).unwrap().set_len(len - 20).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(last)
+        .unwrap()
+        .set_len(len - 20)
+        .unwrap();
     let (report, seqs, q) = reopen_and_read(dir.path()).await;
     assert_eq!(seqs, (0..99).collect::<Vec<_>>());
     assert_eq!(report.truncated_bytes, REC - 20);
@@ -132,7 +145,10 @@ async fn a_damaged_end_of_an_older_segment_loses_only_its_records() {
     assert_eq!(seqs, all_but(150, &[60, 61, 62, 63]));
     assert_eq!(report.corrupt_records, 4);
     assert_eq!(report.corrupt_bytes, 4 * REC);
-    assert_eq!(report.truncated_bytes, 0, "only the last segment's tail is truncated");
+    assert_eq!(
+        report.truncated_bytes, 0,
+        "only the last segment's tail is truncated"
+    );
 }
 
 #[tokio::test]
@@ -149,7 +165,10 @@ async fn a_damaged_checkpoint_replays_everything_instead_of_refusing() {
     }
     std::fs::write(dir.path().join("checkpoint"), b"garbage").unwrap();
     let (report, seqs, _q) = reopen_and_read(dir.path()).await;
-    assert!(matches!(report.checkpoint, crate::CheckpointStatus::Corrupt(_)), "{report}");
+    assert!(
+        matches!(report.checkpoint, crate::CheckpointStatus::Corrupt(_)),
+        "{report}"
+    );
     assert_eq!(seqs, (0..11).collect::<Vec<_>>());
 }
 
@@ -165,7 +184,10 @@ async fn corruption_found_while_reading_is_skipped_and_counted() {
     let first = segment::segment_path(dir.path(), 0);
     flip(&first, 3 * REC + 40);
     let got = super::drain(&q);
-    assert_eq!(got.iter().map(|r| r.0).collect::<Vec<_>>(), all_but(300, &[3]));
+    assert_eq!(
+        got.iter().map(|r| r.0).collect::<Vec<_>>(),
+        all_but(300, &[3])
+    );
     let stats = q.stats();
     assert_eq!((stats.corrupt_records, stats.corrupt_bytes), (1, REC));
 }
@@ -203,7 +225,10 @@ async fn inspect_reports_a_live_and_a_corrupt_directory() {
     assert_eq!(bad.corrupt_records(), 1);
     assert_eq!(bad.segments[0].corrupt_bytes, REC);
     assert_eq!(bad.segments[0].tail_bytes, 100);
-    assert!(bad.to_string().contains("corrupt    1 records, 164 bytes"), "{bad}");
+    assert!(
+        bad.to_string().contains("corrupt    1 records, 164 bytes"),
+        "{bad}"
+    );
     // Inspecting wrote nothing: the tail is still there for recovery to truncate.
     assert_eq!(std::fs::metadata(&segs[0].1).unwrap().len(), len + 100);
 }

@@ -35,7 +35,10 @@ fn concurrent_appenders_share_fsyncs_and_every_waiter_is_released() {
             }));
         }
         for t in tasks {
-            tokio::time::timeout(Duration::from_secs(30), t).await.unwrap().unwrap();
+            tokio::time::timeout(Duration::from_secs(30), t)
+                .await
+                .unwrap()
+                .unwrap();
         }
     });
     let stats = q.stats();
@@ -69,23 +72,36 @@ async fn a_failed_write_is_never_reported_durable_and_poisons_the_queue() {
         })
         .collect();
     for w in waiters {
-        let err = tokio::time::timeout(Duration::from_secs(5), w).await.unwrap().unwrap().unwrap_err();
+        let err = tokio::time::timeout(Duration::from_secs(5), w)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap_err();
         assert!(matches!(err, Error::WriteFailed(_)), "{err}");
-        assert!(err.to_string().contains("00000000000000000000.seg"), "{err}");
+        assert!(
+            err.to_string().contains("00000000000000000000.seg"),
+            "{err}"
+        );
     }
     let err = q.append(b"later").unwrap_err();
     assert!(matches!(err, AppendError::Io(_)), "{err}");
     let stats = q.stats();
     assert!(stats.write_failed);
     assert_eq!(stats.durable_seq, 0);
-    assert!(q.try_read_batch(10, 1 << 20).unwrap().is_none(), "unwritten records are not handed out");
+    assert!(
+        q.try_read_batch(10, 1 << 20).unwrap().is_none(),
+        "unwritten records are not handed out"
+    );
     assert!(matches!(q.close().await, Err(Error::WriteFailed(_))));
 }
 
 #[tokio::test]
 async fn never_policy_resolves_after_write_without_fsync() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = Options { sync: SyncPolicy::Never, ..small_opts() };
+    let opts = Options {
+        sync: SyncPolicy::Never,
+        ..small_opts()
+    };
     let (q, _) = DiskQueue::open(dir.path(), opts).unwrap();
     let q = Arc::new(q);
     let mut last = 0;

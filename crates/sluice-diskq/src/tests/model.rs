@@ -118,9 +118,11 @@ async fn run(sync: SyncPolicy, ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::WaitDurable => {
                 if m.next_seq > 0 {
-                    let waited =
-                        tokio::time::timeout(Duration::from_secs(10), q.wait_durable(m.next_seq - 1))
-                            .await;
+                    let waited = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        q.wait_durable(m.next_seq - 1),
+                    )
+                    .await;
                     prop_assert!(matches!(waited, Ok(Ok(()))), "wait_durable: {:?}", waited);
                     m.durable_upto = m.next_seq;
                 }
@@ -130,7 +132,12 @@ async fn run(sync: SyncPolicy, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     prop_assert!(!batch.is_empty() && batch.len() <= max as usize);
                     for (seq, bytes) in batch {
                         prop_assert_eq!(seq, m.read_next, "out of order or gap");
-                        prop_assert_eq!(Some(&bytes.to_vec()), m.records.get(&seq), "payload of {}", seq);
+                        prop_assert_eq!(
+                            Some(&bytes.to_vec()),
+                            m.records.get(&seq),
+                            "payload of {}",
+                            seq
+                        );
                         m.read_next += 1;
                         m.handed.push(seq);
                     }
@@ -166,16 +173,33 @@ async fn run(sync: SyncPolicy, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 if let (Some(cut), Some(path)) = (cut, info.active.as_ref()) {
                     let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
                     if len > info.durable_len {
-                        let at = info.durable_len + cut.index((len - info.durable_len + 1) as usize) as u64;
-                        std::fs::OpenOptions::new().write(true).open(path).unwrap().set_len(at).unwrap();
+                        let at = info.durable_len
+                            + cut.index((len - info.durable_len + 1) as usize) as u64;
+                        std::fs::OpenOptions::new()
+                            .write(true)
+                            .open(path)
+                            .unwrap()
+                            .set_len(at)
+                            .unwrap();
                     }
                 }
                 let (nq, report) = open(dir.path(), sync);
                 q = nq;
                 let (low, next) = (report.acked_low_water, report.next_seq);
-                prop_assert!(m.persisted_low <= low && low <= m.low, "low {} outside {}..={}", low, m.persisted_low, m.low);
+                prop_assert!(
+                    m.persisted_low <= low && low <= m.low,
+                    "low {} outside {}..={}",
+                    low,
+                    m.persisted_low,
+                    m.low
+                );
                 prop_assert!(next <= m.next_seq, "next {} > {}", next, m.next_seq);
-                prop_assert!(next >= m.durable_upto, "durable records lost: next {} < durable {}", next, m.durable_upto);
+                prop_assert!(
+                    next >= m.durable_upto,
+                    "durable records lost: next {} < durable {}",
+                    next,
+                    m.durable_upto
+                );
                 prop_assert_eq!(report.replayed_records, next - low);
                 prop_assert_eq!(report.corrupt_records, 0);
                 m.reopened(low, next);
