@@ -107,6 +107,7 @@ impl DiskQueue {
             ckpt_low: rec.ckpt_low,
             ckpt_urgent: false,
             space_wanted: false,
+            full_epoch: None,
             close_requested: false,
             shutdown: false,
             crash: false,
@@ -205,8 +206,10 @@ impl DiskQueue {
                 sh.wake_writer(&mut st);
             }
         }
-        if over || (st.pending_bytes > 0 && st.pending_bytes + rec_len > PENDING_LIMIT) {
-            st.space_wanted = true;
+        let backlog = st.pending_bytes > 0 && st.pending_bytes + rec_len > PENDING_LIMIT;
+        if over || backlog {
+            st.space_wanted |= backlog;
+            st.full_epoch = Some(*sh.space.borrow());
             return Err(AppendError::Full {
                 bytes: st.disk_bytes,
                 record_bytes: rec_len,
@@ -263,15 +266,17 @@ impl DiskQueue {
     }
 
     /// Resolves when space may have been freed (segments deleted after acks, or the writer
-    /// caught up), so a writer that got [`AppendError::Full`] can retry. Resolves at once if
-    /// the queue is below `max_bytes` or closed.
+    /// caught up) since `append` last reported [`AppendError::Full`], so a writer blocked on
+    /// `Full` can retry. Resolves at once if space was freed in between (no lost wake-up), if
+    /// `append` never reported `Full`, or if the queue is closed or failed.
     pub async fn wait_space(&self) {
         let sh = self.shared();
         let mut rx = sh.space.subscribe();
         {
             let st = sh.state.lock();
-            let has_room = st.disk_bytes < sh.opts.max_bytes && st.pending_bytes < PENDING_LIMIT;
-            if has_room || st.close_requested || st.failed.is_some() {
+            let seen = *rx.borrow_and_update();
+            let freed_since_full = st.full_epoch.is_none_or(|e| e != seen);
+            if freed_since_full || st.close_requested || st.failed.is_some() {
                 return;
             }
         }
@@ -375,6 +380,7 @@ impl DiskQueue {
             st.writer_idle = false;
             sh.wake.notify_one();
         }
+        sh.bump_space();
         let p = rx
             .wait_for(|p| p.closed)
             .await

@@ -83,8 +83,11 @@ pub(crate) struct State {
     pub ckpt_low: Seq,
     /// A segment became deletable: checkpoint now rather than at the interval.
     pub ckpt_urgent: bool,
-    /// `append` refused a record: bump the space epoch when pending bytes drain.
+    /// `append` refused a record because too many bytes wait for the writer: bump the space
+    /// epoch when they drain.
     pub space_wanted: bool,
+    /// The space epoch when `append` last reported `Full` (`None`: never, or space was freed).
+    pub full_epoch: Option<u64>,
     pub close_requested: bool,
     pub shutdown: bool,
     pub crash: bool,

@@ -193,6 +193,7 @@ impl Writer {
                 p.failed = Some(failure);
             }
         });
+        self.shared.bump_space();
         self.active = None;
     }
 

@@ -178,6 +178,9 @@ async fn full_queue_refuses_appends_until_acks_free_a_segment() {
     );
     assert!(q.stats().bytes_on_disk <= 16 * 1024);
     q.wait_durable(appended - 1).await.unwrap();
+    // Nothing freed yet: wait_space does not resolve (so a retry loop cannot spin).
+    let early = tokio::time::timeout(Duration::from_millis(50), q.wait_space()).await;
+    assert!(early.is_err(), "wait_space resolved while still full");
     let waiter = {
         let q = q.clone();
         tokio::spawn(async move { q.wait_space().await })
