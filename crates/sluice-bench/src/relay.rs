@@ -254,7 +254,11 @@ pub struct Ledger {
     pub sink_delivered: u64,
     pub sink_dropped: u64,
     pub sink_queued: u64,
+    pub sink_in_flight: u64,
     pub balanced: Option<bool>,
+    /// The whole `/stats` document, for `--json`.
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub raw: serde_json::Value,
 }
 
 fn num(v: Option<&serde_json::Value>) -> u64 {
@@ -269,6 +273,7 @@ impl Ledger {
     pub fn from_stats(v: &serde_json::Value) -> Ledger {
         let mut l = Ledger {
             balanced: v.get("balanced").and_then(|b| b.as_bool()),
+            raw: v.clone(),
             ..Ledger::default()
         };
         let comps = v.get("components").and_then(|c| c.as_array());
@@ -280,6 +285,7 @@ impl Ledger {
                     l.sink_delivered += num(c.get("delivered"));
                     l.sink_dropped += num(c.get("dropped"));
                     l.sink_queued += num(c.get("queued"));
+                    l.sink_in_flight += num(c.get("in_flight"));
                 }
                 _ => {}
             }
@@ -325,7 +331,9 @@ mod tests {
             ],
             "balanced": true
         });
-        let l = Ledger::from_stats(&v);
+        let mut l = Ledger::from_stats(&v);
+        assert_eq!(l.raw, v);
+        l.raw = serde_json::Value::Null;
         assert_eq!(
             l,
             Ledger {
@@ -334,13 +342,13 @@ mod tests {
                 sink_delivered: 7,
                 sink_dropped: 3,
                 sink_queued: 0,
-                balanced: Some(true)
+                sink_in_flight: 0,
+                balanced: Some(true),
+                raw: serde_json::Value::Null,
             }
         );
-        assert_eq!(
-            Ledger::from_stats(&serde_json::json!([1, 2])),
-            Ledger::default()
-        );
+        let odd = Ledger::from_stats(&serde_json::json!([1, 2]));
+        assert_eq!((odd.sink_received, odd.balanced), (0, None));
     }
 
     #[test]

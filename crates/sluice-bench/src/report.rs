@@ -48,6 +48,9 @@ pub struct RunResult {
     pub bad_bodies: u64,
     pub drain_secs: Option<f64>,
     pub ledger: Option<Ledger>,
+    /// Missing (lost or refused) minus what the relay's ledger says it dropped: 0 when every
+    /// event that did not arrive is accounted for.
+    pub unaccounted: Option<i64>,
     /// Delivered events per 100 ms since the first send.
     #[serde(skip)]
     pub timeline: Vec<u64>,
@@ -100,6 +103,12 @@ impl RunResult {
                 .filter(|h| !h.is_empty())
                 .map(|h| us(h.value_at_quantile(q)))
         };
+        // Events the producer was refused (non-2xx, I/O errors) were never promised.
+        let lost = t.missing.saturating_sub(sent.rejected + sent.errors);
+        // Refused events are drops too (the relay counts e.g. `queue_full` and answers 503).
+        let unaccounted = ledger
+            .as_ref()
+            .map(|l| t.missing as i64 - l.sink_dropped as i64);
         RunResult {
             scenario: plan.scenario,
             target,
@@ -123,16 +132,16 @@ impl RunResult {
                 .map(|c| c.cpu_secs * 1e6 / t.unique as f64),
             peak_rss_mib: cost.map(|c| c.peak_rss_bytes as f64 / MIB),
             delivered: t.unique,
-            // Events the producer was refused (non-2xx, I/O errors) were never promised.
-            lost: t.missing.saturating_sub(sent.rejected + sent.errors),
+            lost,
             duplicates: t.duplicates,
             reordered: t.reordered,
             garbage: t.garbage,
             bad_bodies: t.bad_bodies,
             drain_secs: outage_end_ns
-                .zip(t.last_unique_ns)
+                .zip(t.backlog_drained_ns)
                 .map(|(end, last)| last.saturating_sub(end) as f64 / 1e9),
             ledger,
+            unaccounted,
             timeline,
             latency_curve,
         }
@@ -197,11 +206,15 @@ pub struct Summary {
     pub drain_secs: Option<Spread>,
     /// Totals over all runs.
     pub sent: u64,
+    pub refused: u64,
     pub lost: u64,
     pub duplicates: u64,
     pub reordered: u64,
     pub garbage: u64,
     pub relay_dropped: u64,
+    /// The relay's ledger after the last run.
+    pub last_ledger: Option<Ledger>,
+    pub unaccounted: Option<i64>,
 }
 
 impl Summary {
@@ -225,6 +238,7 @@ impl Summary {
             peak_rss_mib: s(&|r| r.peak_rss_mib),
             drain_secs: s(&|r| r.drain_secs),
             sent: rows.iter().map(|r| r.sent).sum(),
+            refused: rows.iter().map(|r| r.rejected + r.send_errors).sum(),
             lost: rows.iter().map(|r| r.lost).sum(),
             duplicates: rows.iter().map(|r| r.duplicates).sum(),
             reordered: rows.iter().map(|r| r.reordered).sum(),
@@ -234,6 +248,11 @@ impl Summary {
                 .filter_map(|r| r.ledger.as_ref())
                 .map(|l| l.sink_dropped)
                 .sum(),
+            last_ledger: rows.last().and_then(|r| r.ledger.clone()),
+            unaccounted: rows
+                .iter()
+                .filter_map(|r| r.unaccounted)
+                .reduce(|a, b| a + b),
         })
     }
 }
@@ -319,7 +338,8 @@ pub fn table(rows: &[RunResult], summaries: &[Summary]) -> String {
         });
         out.push_str(&format!(
             "{} {} median of {}: {} events/s{}, {} MiB/s, p50 {} p99 {} max {}, producer p99 {}, \
-             CPU {} µs/event, peak RSS {} MiB; lost {}, duplicates {}, reordered {}, garbage {}\n",
+             CPU {} µs/event, peak RSS {} MiB; refused {}, lost {}, duplicates {}, reordered {}, \
+             garbage {}\n",
             format!("{:?}", s.scenario).to_lowercase(),
             s.target,
             s.runs,
@@ -332,6 +352,7 @@ pub fn table(rows: &[RunResult], summaries: &[Summary]) -> String {
             lat(s.producer_p99_us),
             cell(s.cpu_us_per_event),
             cell(s.peak_rss_mib),
+            s.refused,
             s.lost,
             s.duplicates,
             s.reordered,
@@ -343,6 +364,23 @@ pub fn table(rows: &[RunResult], summaries: &[Summary]) -> String {
                 lat(s.producer_outage_p99_us),
                 cell(s.drain_secs),
                 s.relay_dropped,
+            ));
+        }
+    }
+    for s in summaries {
+        if let Some(l) = &s.last_ledger {
+            out.push_str(&format!(
+                "{} relay ledger (last run): source received {}, sink received {} delivered {} \
+                 dropped {} queued {} in flight {}, balanced {}; missing − dropped over all runs: {}\n",
+                s.target,
+                l.source_received,
+                l.sink_received,
+                l.sink_delivered,
+                l.sink_dropped,
+                l.sink_queued,
+                l.sink_in_flight,
+                l.balanced.map_or_else(|| "?".into(), |b| b.to_string()),
+                s.unaccounted.unwrap_or(0),
             ));
         }
     }

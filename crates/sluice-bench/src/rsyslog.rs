@@ -50,8 +50,7 @@ template(name="sluiceBenchRaw" type="string" string="%rawmsg%\n")
 ruleset(name="sluiceBench" queue.type="LinkedList" queue.size="100000"
         queue.dequeueBatchSize="1024") {{
   action(type="omfwd" target="{fip}" port="{fport}" protocol="tcp"
-         template="sluiceBenchRaw" tcp_framing="traditional"
-         queue.type="LinkedList" queue.size="100000" queue.dequeueBatchSize="1024")
+         template="sluiceBenchRaw" tcp_framing="traditional")
 }}
 input(type="imtcp" address="{lip}" port="{lport}" ruleset="sluiceBench")
 "#,

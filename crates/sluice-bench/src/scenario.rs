@@ -208,7 +208,13 @@ pub async fn run_once(
             };
             Middle {
                 source_addr: spec.source_addr,
-                relay: Some(Relay::start(exe, &spec, &dir).await?),
+                relay: Some(Relay::start(exe, &spec, &dir).await.map_err(|e| {
+                    if keep_config {
+                        e
+                    } else {
+                        e.context("(rerun with --keep-config to keep the generated config)")
+                    }
+                })?),
                 peer: None,
             }
         }
@@ -256,7 +262,7 @@ async fn measure(
     target: Target,
     run: u32,
     receiver: Receiver,
-    tracker: &SharedTracker,
+    tracker: &Arc<SharedTracker>,
     mut middle: Middle,
 ) -> Result<RunResult> {
     let pid = (middle.relay.as_ref().map(|r| r.proc.pid)).or(middle.peer.as_ref().map(|p| p.pid));
@@ -280,7 +286,7 @@ async fn measure(
     };
     let outage = match (plan.outage, receiver.control(), target) {
         (Some(o), Some(ctl), Target::Sluice | Target::External) => {
-            Some(tokio::spawn(outage(o, ctl, window)))
+            Some(tokio::spawn(outage(o, ctl, window, tracker.clone())))
         }
         _ => None,
     };
@@ -355,6 +361,7 @@ async fn outage(
     (after, lasts, mode): (Duration, Duration, OutageMode),
     ctl: Arc<HttpControl>,
     window: Arc<AtomicBool>,
+    tracker: Arc<SharedTracker>,
 ) -> u64 {
     tokio::time::sleep(after).await;
     window.store(true, Ordering::Relaxed);
@@ -365,7 +372,9 @@ async fn outage(
     tokio::time::sleep(lasts).await;
     ctl.set_mode(Mode::Up);
     window.store(false, Ordering::Relaxed);
-    payload::now_ns()
+    let end = payload::now_ns();
+    tracker.with(|t| t.set_cutoff(end));
+    end
 }
 
 async fn wait_for_drain(tracker: &SharedTracker, expected: u64, limit: Duration) {

@@ -49,6 +49,8 @@ pub struct TrackerSummary {
     pub latency_max_us: f64,
     /// Nanoseconds since the epoch of the last new unique event, if any arrived.
     pub last_unique_ns: Option<u64>,
+    /// When the last unique event sent before the cutoff arrived (see [`Tracker::set_cutoff`]).
+    pub backlog_drained_ns: Option<u64>,
 }
 
 /// Per-stream sequence bitsets, counters and the latency histogram.
@@ -63,6 +65,8 @@ pub struct Tracker {
     timeline: Vec<u64>,
     unique: u64,
     last_unique_ns: Option<u64>,
+    cutoff_ns: u64,
+    backlog_drained_ns: Option<u64>,
 }
 
 impl Tracker {
@@ -80,7 +84,16 @@ impl Tracker {
             timeline: Vec::new(),
             unique: 0,
             last_unique_ns: None,
+            cutoff_ns: u64::MAX,
+            backlog_drained_ns: None,
         }
+    }
+
+    /// From now on, only events sent before `ns` count towards
+    /// [`TrackerSummary::backlog_drained_ns`]: after an outage ends, that is when the backlog
+    /// built up during it had fully arrived.
+    pub fn set_cutoff(&mut self, ns: u64) {
+        self.cutoff_ns = ns;
     }
 
     /// Records one received event at `recv_ns`.
@@ -110,6 +123,9 @@ impl Tracker {
         }
         self.unique += 1;
         self.last_unique_ns = Some(recv_ns);
+        if ev.ts_ns < self.cutoff_ns {
+            self.backlog_drained_ns = Some(recv_ns);
+        }
         self.latency
             .saturating_record(recv_ns.saturating_sub(ev.ts_ns).max(1));
         let bucket = (recv_ns.saturating_sub(self.origin_ns) / BUCKET_NS) as usize;
@@ -170,6 +186,7 @@ impl Tracker {
             garbage: self.garbage,
             bad_bodies: self.bad_bodies,
             last_unique_ns: self.last_unique_ns,
+            backlog_drained_ns: self.backlog_drained_ns,
             ..TrackerSummary::default()
         };
         for (i, &sent) in sent_per_stream.iter().enumerate() {
