@@ -297,3 +297,71 @@ async fn relay_that_rejects_its_config_fails_fast_with_its_message() -> Result<(
     assert!(started.elapsed() < Duration::from_secs(10));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_and_udp_senders_deliver_numbered_streams() -> Result<()> {
+    use sluice_bench::senders::{self, LoadPlan, Transport};
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("in.sock");
+    let unix = tokio::net::UnixListener::bind(&path)?;
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let udp_addr = udp.local_addr()?;
+    let tracker = Arc::new(SharedTracker::new(Tracker::new(1000, payload::now_ns())));
+    let t = tracker.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = unix.accept().await {
+            let t = t.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut s = s;
+                if tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf)
+                    .await
+                    .is_ok()
+                {
+                    t.with(|t| t.record_lines(&buf, payload::now_ns()));
+                }
+            });
+        }
+    });
+    let t = tracker.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        while let Ok(n) = udp.recv(&mut buf).await {
+            // Datagrams carry stream + 10 so they do not collide with the Unix streams.
+            if let Some(mut ev) = payload::parse(&buf[..n]) {
+                ev.stream += 10;
+                t.with(|t| t.record(ev, payload::now_ns()));
+            }
+        }
+    });
+    let mut plan = LoadPlan {
+        transport: Transport::Unix(path),
+        connections: 2,
+        events_per_conn: 1000,
+        duration: None,
+        size: 128,
+        rate: 0,
+        window: None,
+    };
+    let unix_report = senders::run(&plan).await?;
+    plan.transport = Transport::Udp(udp_addr);
+    plan.events_per_conn = 300;
+    plan.rate = 20_000;
+    let udp_report = senders::run(&plan).await?;
+    assert_eq!(unix_report.sent_per_stream, vec![1000, 1000]);
+    assert_eq!(udp_report.sent_per_stream, vec![300, 300]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tracker.unique() < 2600 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut sent = vec![0; 12];
+    sent[..2].copy_from_slice(&[1000, 1000]);
+    sent[10..].copy_from_slice(&[300, 300]);
+    let s = tracker.with(|t| t.summary(&sent));
+    assert_eq!(
+        (s.unique, s.missing, s.duplicates, s.garbage),
+        (2600, 0, 0, 0),
+        "{s:?}"
+    );
+    Ok(())
+}
