@@ -151,7 +151,7 @@ impl<'t> Locator<'t> {
                 best = Some(k.span().start);
                 v
             } else if let Some(a) = array.take() {
-                let Some(v) = segment.parse::<usize>().ok().and_then(|i| a.iter().nth(i)) else {
+                let Some(v) = segment.parse::<usize>().ok().and_then(|i| a.get(i)) else {
                     break;
                 };
                 best = Some(v.span().start);
