@@ -134,6 +134,9 @@ pub struct BenchArgs {
     /// S4: how long the upstream is away.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub outage: Duration,
+    /// S4: how long after the first send the outage starts.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    pub outage_after: Duration,
     /// S4: how the upstream is away.
     #[arg(long, value_enum, default_value = "down")]
     pub outage_mode: OutageMode,
@@ -165,7 +168,7 @@ pub fn plan(a: &BenchArgs) -> Result<Plan> {
     if connections == 0 {
         bail!("--connections: expected at least 1, found 0");
     }
-    let outage_after = Duration::from_secs(2);
+    let outage_after = a.outage_after;
     let (default_events, default_duration, default_rate) = match a.scenario {
         S1 | S2 => (Some(1_000_000), None, 0),
         S3 => (Some(200_000), None, 0),

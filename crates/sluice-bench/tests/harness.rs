@@ -365,3 +365,85 @@ async fn unix_and_udp_senders_deliver_numbered_streams() -> Result<()> {
     );
     Ok(())
 }
+
+/// An HTTP relay in this process: answers 202 at once, forwards bodies upstream in order in
+/// batches, retrying every 50 ms until the upstream answers 2xx.
+async fn buffering_http_relay(upstream: SocketAddr) -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                let tx = tx.clone();
+                async move {
+                    let body = BodyExt::collect(req.into_body()).await?.to_bytes();
+                    let _ = tx.send(body);
+                    let mut resp = hyper::Response::new(Full::new(Bytes::new()));
+                    *resp.status_mut() = hyper::StatusCode::ACCEPTED;
+                    Ok::<_, hyper::Error>(resp)
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc),
+            );
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut batch = first.to_vec();
+            while batch.len() < 64 * 1024 {
+                let Ok(more) = rx.try_recv() else { break };
+                batch.push(b'\n');
+                batch.extend_from_slice(&more);
+            }
+            loop {
+                let ok = match connect(upstream).await {
+                    Ok(mut c) => matches!(post(&mut c, batch.clone(), false).await, Ok(200)),
+                    Err(_) => false,
+                };
+                if ok {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    Ok(addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_through_a_buffering_relay_loses_nothing_and_measures_the_drain() -> Result<()> {
+    let plan = sluice_bench::plan(&args(&[
+        "--scenario",
+        "s4",
+        "--outage-after",
+        "500ms",
+        "--outage",
+        "1s",
+        "--duration",
+        "2s",
+        "--rate",
+        "2000",
+        "--connections",
+        "4",
+    ]))?;
+    let r = tokio::time::timeout(
+        Duration::from_secs(30),
+        scenario::run_external(&plan, buffering_http_relay),
+    )
+    .await??;
+    assert!(r.sent >= 3_000, "{r:#?}");
+    assert_eq!((r.lost, r.rejected, r.send_errors), (0, 0, 0), "{r:#?}");
+    assert_eq!(r.delivered, r.sent);
+    let drain = r.drain_secs.expect("an outage ran");
+    assert!(drain < 2.0, "{r:#?}");
+    assert!(
+        r.producer_outage_p99_us.is_some_and(|p| p < 100_000.0),
+        "{r:#?}"
+    );
+    // Events sent during the outage waited for it to end.
+    assert!(r.latency_max_us > 500_000.0, "{r:#?}");
+    Ok(())
+}
