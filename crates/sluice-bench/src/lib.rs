@@ -131,6 +131,9 @@ pub struct BenchArgs {
     /// HTTP sink encoding: ndjson | json_array.
     #[arg(long, default_value = "ndjson", value_parser = ["ndjson", "json_array"])]
     pub encoding: String,
+    /// HTTP sink compression.
+    #[arg(long, default_value = "none", value_parser = ["none", "gzip"])]
+    pub compression: String,
     /// S4: how long the upstream is away.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub outage: Duration,
@@ -218,6 +221,7 @@ pub fn plan(a: &BenchArgs) -> Result<Plan> {
         } else {
             "ndjson"
         },
+        gzip: a.compression == "gzip",
         batch_max_events: 1000,
         concurrency: 4,
         outage: (a.scenario == S4).then_some((outage_after, a.outage, a.outage_mode)),

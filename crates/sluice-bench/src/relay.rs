@@ -62,6 +62,8 @@ pub struct RelaySpec {
     pub sink: SinkKind,
     pub sink_addr: SocketAddr,
     pub encoding: &'static str,
+    /// `gzip` adds `compression = "gzip"` to the HTTP sink.
+    pub gzip: bool,
     pub batch_max_events: u64,
     pub concurrency: u32,
     pub queue: QueueSpec,
@@ -106,6 +108,9 @@ impl RelaySpec {
                 "type = \"tcp\"\ninputs = [\"in\"]\naddress = \"{}\"\n",
                 self.sink_addr
             )),
+        }
+        if self.gzip && self.sink == SinkKind::Http {
+            c.push_str("compression = \"gzip\"\n");
         }
         match &self.queue {
             QueueSpec::Memory {
@@ -361,6 +366,7 @@ mod tests {
             sink: SinkKind::Http,
             sink_addr: "127.0.0.1:3".parse().expect("addr"),
             encoding: "ndjson",
+            gzip: true,
             batch_max_events: 1000,
             concurrency: 4,
             queue: QueueSpec::Disk { sync: "always" },
@@ -374,6 +380,7 @@ mod tests {
             "[admin]\nlisten = \"127.0.0.1:1\"",
             "type = \"http\"\nlisten = \"127.0.0.1:2\"\nresponse_status = 202\nack = \"durable\"",
             "url = \"http://127.0.0.1:3/ingest\"",
+            "compression = \"gzip\"\n",
             "queue = { type = \"disk\", sync = \"always\" }",
         ] {
             assert!(toml.contains(needle), "missing {needle:?} in\n{toml}");

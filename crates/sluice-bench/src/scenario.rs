@@ -89,6 +89,7 @@ pub struct Plan {
     pub queue: QueueSpec,
     pub ack: Option<String>,
     pub encoding: &'static str,
+    pub gzip: bool,
     pub batch_max_events: u64,
     pub concurrency: u32,
     /// S4: `(starts after, lasts, mode)`.
@@ -202,6 +203,7 @@ pub async fn run_once(
                 sink: plan.sink,
                 sink_addr: receiver.addr(),
                 encoding: plan.encoding,
+                gzip: plan.gzip,
                 batch_max_events: plan.batch_max_events,
                 concurrency: plan.concurrency,
                 queue: plan.queue.clone(),
