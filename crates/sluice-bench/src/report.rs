@@ -274,6 +274,7 @@ fn cell(s: Option<Spread>) -> String {
 /// The latency cell: microseconds below 10 ms, milliseconds above.
 fn lat(s: Option<Spread>) -> String {
     match s {
+        Some(s) if s.median >= 10_000_000.0 => format!("{}s", human(s.median / 1e6)),
         Some(s) if s.median >= 10_000.0 => format!("{}ms", human(s.median / 1000.0)),
         Some(s) => format!("{}µs", human(s.median)),
         None => "-".into(),
@@ -408,6 +409,21 @@ pub fn table(rows: &[RunResult], summaries: &[Summary]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_cells_pick_a_readable_unit() {
+        let one = |x: f64| {
+            Some(Spread {
+                median: x,
+                min: x,
+                max: x,
+            })
+        };
+        assert_eq!(lat(one(250.0)), "250µs");
+        assert_eq!(lat(one(12_300.0)), "12.3ms");
+        assert_eq!(lat(one(12_300_000.0)), "12.3s");
+        assert_eq!(lat(None), "-");
+    }
 
     #[test]
     fn spread_is_median_min_max() {
