@@ -29,6 +29,7 @@ use tokio::net::{TcpStream, UdpSocket, UnixStream};
 use tokio::time::Instant;
 
 use crate::payload::{self, Event};
+use crate::tracker::latency_histogram;
 
 /// How long a connection keeps retrying without a single success before it gives up.
 pub const GIVE_UP_AFTER: Duration = Duration::from_secs(10);
@@ -94,11 +95,6 @@ struct ConnReport {
     max_stall_ns: u64,
     latency: Option<Histogram<u64>>,
     window_latency: Option<Histogram<u64>>,
-}
-
-fn new_histogram() -> Histogram<u64> {
-    // Constant, valid bounds (1 ns .. 1 h, 3 significant digits).
-    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid bounds")
 }
 
 /// Decides how many events a connection may send now, sleeping (not spinning) when none are due.
@@ -342,8 +338,8 @@ async fn send_http(
         errors: 0,
         bytes: 0,
         max_stall_ns: 0,
-        latency: Some(new_histogram()),
-        window_latency: plan.window.as_ref().map(|_| new_histogram()),
+        latency: Some(latency_histogram()),
+        window_latency: plan.window.as_ref().map(|_| latency_histogram()),
     };
     let host = addr.to_string();
     let mut client: Option<Client> = None;

@@ -26,6 +26,12 @@ pub const BUCKET_NS: u64 = 100_000_000;
 /// Highest latency the histogram tracks exactly (one hour); larger values are clamped.
 const MAX_LATENCY_NS: u64 = 3_600_000_000_000;
 
+/// The latency histogram used everywhere: nanoseconds, 1 ns to one hour, 3 significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    // The bounds are constants within hdrhistogram's documented range, so this cannot fail.
+    Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3).expect("valid bounds")
+}
+
 #[derive(Default, Debug)]
 struct StreamState {
     seen: Vec<u64>,
@@ -78,8 +84,7 @@ impl Tracker {
             seq_limit,
             garbage: 0,
             bad_bodies: 0,
-            // Bounds are constants within hdrhistogram's documented range, so this cannot fail.
-            latency: Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3).expect("valid bounds"),
+            latency: latency_histogram(),
             origin_ns,
             timeline: Vec::new(),
             unique: 0,
