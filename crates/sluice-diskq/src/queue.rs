@@ -52,6 +52,7 @@ impl Inner {
             _ => ExitInfo::default(),
         };
         self.shared.progress.send_modify(|p| p.closed = true);
+        self.shared.notify_readers();
         info
     }
 }
@@ -126,12 +127,14 @@ impl DiskQueue {
             closed: false,
         });
         let (space, _) = watch::channel(0u64);
+        let (readable, _) = watch::channel(());
         let shared = Arc::new(Shared {
             dir,
             opts,
             state: Mutex::new(state),
             wake: Condvar::new(),
             progress,
+            readable,
             space,
             reader: Mutex::new(ReadCursor {
                 seq: rec.start.seq,
@@ -294,7 +297,7 @@ impl DiskQueue {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<(Seq, Bytes)>, Error> {
-        let mut rx = self.shared().progress.subscribe();
+        let mut rx = self.shared().readable.subscribe();
         loop {
             rx.borrow_and_update();
             if let Some(batch) = self.try_read_batch(max_records, max_bytes)? {

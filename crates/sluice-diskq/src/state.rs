@@ -3,7 +3,7 @@
 //! One `parking_lot` mutex guards [`State`]; it is held only for bookkeeping and memcpy, never
 //! across file I/O. The writer thread waits on [`Shared::wake`] with that mutex. Watermarks
 //! that async callers wait for are published on `tokio::sync::watch` channels
-//! ([`Shared::progress`], [`Shared::space`]), so waiters never miss a wake-up.
+//! ([`Shared::progress`], [`Shared::readable`], [`Shared::space`]), so waiters never miss a wake-up.
 //!
 //! Invariants:
 //! - `segments` is never empty; its last entry is the active segment, which appends go to.
@@ -152,6 +152,10 @@ pub(crate) struct Shared {
     pub state: Mutex<State>,
     pub wake: Condvar,
     pub progress: watch::Sender<Progress>,
+    /// Notified when records become readable, and when the queue closes or fails. Kept apart
+    /// from `progress` so that a write does not wake every `wait_durable` caller, and a sync
+    /// does not wake readers.
+    pub readable: watch::Sender<()>,
     /// Epoch bumped whenever space may have been freed.
     pub space: watch::Sender<u64>,
     pub reader: Mutex<ReadCursor>,
@@ -167,6 +171,11 @@ impl Shared {
             st.writer_idle = false;
             self.wake.notify_one();
         }
+    }
+
+    /// Wakes readers waiting in `read_batch`.
+    pub fn notify_readers(&self) {
+        self.readable.send_modify(|_| {});
     }
 
     /// Tells `wait_space` callers that space may have been freed.

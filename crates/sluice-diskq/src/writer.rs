@@ -73,6 +73,7 @@ impl Drop for PanicGuard<'_> {
                 p.failed = Some(failure);
                 p.closed = true;
             });
+            self.0.notify_readers();
         }
     }
 }
@@ -166,6 +167,7 @@ impl Writer {
             self.maintain(force);
             if force {
                 self.shared.progress.send_modify(|p| p.closed = true);
+                self.shared.notify_readers();
             }
             if shutdown {
                 return self.exit_info();
@@ -194,6 +196,7 @@ impl Writer {
             }
         });
         self.shared.bump_space();
+        self.shared.notify_readers();
         self.active = None;
     }
 
@@ -290,7 +293,12 @@ impl Writer {
         let space = std::mem::take(&mut st.space_wanted);
         drop(st);
         let written = self.written;
-        self.shared.progress.send_modify(|p| p.written = written);
+        // Record the watermark without waking `wait_durable` callers: only readers care.
+        self.shared.progress.send_if_modified(|p| {
+            p.written = written;
+            false
+        });
+        self.shared.notify_readers();
         if space {
             self.shared.bump_space();
         }
