@@ -257,18 +257,27 @@ pub async fn run(args: BenchArgs, sluice_exe: PathBuf) -> Result<()> {
         bail!("nothing to measure: --no-sluice without --baseline or --peer");
     }
     let mut rows: Vec<RunResult> = Vec::new();
+    // A target that fails is reported and not retried; the others still run and print.
+    let mut failures: Vec<(Target, anyhow::Error)> = Vec::new();
+    let runs = args.runs.max(1);
     // Alternate the targets within each round so drift on the machine hits them all alike.
-    for run in 1..=args.runs.max(1) {
+    for run in 1..=runs {
         for (target, exe) in &targets {
-            eprintln!(
-                "{:?} run {run}/{}: {target}…",
-                plan.scenario,
-                args.runs.max(1)
-            );
-            let r = scenario::run_once(&plan, *target, exe.as_deref(), run, args.keep_config)
-                .await
-                .with_context(|| format!("{:?} against {target}, run {run}", plan.scenario))?;
-            rows.push(r);
+            if failures.iter().any(|(t, _)| t == target) {
+                continue;
+            }
+            eprint!("{:?} run {run}/{runs}: {target}… ", plan.scenario);
+            match scenario::run_once(&plan, *target, exe.as_deref(), run, args.keep_config).await {
+                Ok(r) => {
+                    eprintln!("{:.0} events/s", r.events_per_sec);
+                    rows.push(r);
+                }
+                Err(e) => {
+                    eprintln!("failed");
+                    let e = e.context(format!("{:?} against {target}, run {run}", plan.scenario));
+                    failures.push((*target, e));
+                }
+            }
         }
     }
     let summaries: Vec<Summary> = targets
@@ -277,7 +286,7 @@ pub async fn run(args: BenchArgs, sluice_exe: PathBuf) -> Result<()> {
             Summary::of(&rows.iter().filter(|r| r.target == *t).collect::<Vec<_>>())
         })
         .collect();
-    if let Some(path) = &args.plot {
+    if let Some(path) = args.plot.as_ref().filter(|_| !rows.is_empty()) {
         let picks: Vec<&RunResult> = summaries
             .iter()
             .filter_map(|s| median_run(&rows, s))
@@ -290,7 +299,14 @@ pub async fn run(args: BenchArgs, sluice_exe: PathBuf) -> Result<()> {
     } else {
         print!("{}", report::table(&rows, &summaries));
     }
-    Ok(())
+    match failures.len() {
+        0 => Ok(()),
+        1 => Err(failures.remove(0).1),
+        _ => {
+            let all: Vec<String> = failures.iter().map(|(_, e)| format!("{e:#}")).collect();
+            bail!("{} targets failed:\n{}", failures.len(), all.join("\n\n"))
+        }
+    }
 }
 
 /// The run of `s`'s target whose events/s is closest to the median.

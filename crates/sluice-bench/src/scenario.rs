@@ -214,7 +214,9 @@ pub async fn run_once(
                     if keep_config {
                         e
                     } else {
-                        e.context("(rerun with --keep-config to keep the generated config)")
+                        anyhow::anyhow!(
+                            "{e:#}\n(rerun with --keep-config to keep the generated config)"
+                        )
                     }
                 })?),
                 peer: None,
