@@ -318,3 +318,89 @@ fn median_run<'a>(rows: &'a [RunResult], s: &Summary) -> Option<&'a RunResult> {
             .total_cmp(&(b.events_per_sec - m).abs())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn plan_of(argv: &[&str]) -> Plan {
+        let args = Cli::parse_from(["bench"].iter().chain(argv)).bench;
+        plan(&args).expect("valid plan")
+    }
+
+    #[test]
+    fn scenarios_resolve_to_design_defaults() {
+        let s1 = plan_of(&["--scenario", "s1"]);
+        assert_eq!(
+            (s1.source, s1.sink, s1.connections),
+            (SourceKind::Tcp, SinkKind::Tcp, 4)
+        );
+        assert_eq!(
+            (s1.events_per_conn, s1.rate, s1.ack.as_deref()),
+            (250_000, 0, None)
+        );
+        let s2 = plan_of(&["--scenario", "s2"]);
+        assert_eq!(s2.queue, QueueSpec::Disk { sync: "always" });
+        assert_eq!(s2.ack.as_deref(), Some("durable"));
+        let s3 = plan_of(&["--scenario", "s3"]);
+        assert_eq!(
+            (s3.source, s3.sink, s3.connections),
+            (SourceKind::Http, SinkKind::Http, 32)
+        );
+        let s4 = plan_of(&["--scenario", "s4", "--outage", "10s"]);
+        assert_eq!(s4.duration, Some(Duration::from_secs(17)));
+        assert_eq!(s4.events_per_conn, u64::MAX);
+        assert!(s4.outage.is_some() && s4.rate > 0);
+        let s5 = plan_of(&["--scenario", "s5", "--sink-rate", "1000"]);
+        assert_eq!((s5.rate, s5.sink_rate), (3000, Some(1000)));
+        assert!(matches!(
+            s5.queue,
+            QueueSpec::Memory {
+                when_full: "drop_newest",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn overrides_win_over_scenario_defaults() {
+        let p = plan_of(&[
+            "--scenario",
+            "s5",
+            "--source",
+            "http",
+            "--queue",
+            "disk",
+            "--events",
+            "1000",
+            "--connections",
+            "8",
+            "--rate",
+            "0",
+            "--compression",
+            "gzip",
+        ]);
+        assert_eq!(
+            (p.source, p.connections, p.events_per_conn, p.rate),
+            (SourceKind::Http, 8, 125, 0)
+        );
+        assert_eq!((p.duration, p.gzip), (None, true));
+        assert_eq!(p.queue, QueueSpec::Disk { sync: "always" });
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}

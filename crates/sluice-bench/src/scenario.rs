@@ -312,7 +312,32 @@ async fn measure(
     let expected = sent.sent().saturating_sub(sent.rejected + sent.errors);
     wait_for_drain(tracker, expected, plan.drain_timeout).await;
 
-    let after = pid.map(procstat::sample).transpose()?;
+    let after = match pid.map(procstat::sample).transpose() {
+        Ok(a) => a,
+        Err(e) => {
+            // Most likely the relay died during the run: say so, with its last words.
+            let mut procs: Vec<&mut Proc> = middle
+                .relay
+                .as_mut()
+                .map(|r| &mut r.proc)
+                .into_iter()
+                .collect();
+            procs.extend(middle.peer.as_mut());
+            let mut msg = format!("{e:#}");
+            for p in procs {
+                if let Ok(Some(status)) = p.exited() {
+                    msg = format!(
+                        "{} exited ({status}) during the run:\n{}",
+                        p.name,
+                        p.log_tail()
+                    );
+                }
+            }
+            stop(middle.relay.map(|r| r.proc)).await;
+            stop(middle.peer).await;
+            bail!("{msg}");
+        }
+    };
     let ledger = match &middle.relay {
         Some(r) => Some(r.stats().await.unwrap_or_else(|e| {
             eprintln!("warning: could not read the relay's /stats: {e:#}");
