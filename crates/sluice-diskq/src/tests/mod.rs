@@ -1,6 +1,7 @@
 //! Behavioural tests of the whole queue: each file covers one promise.
 
 mod basic;
+mod concurrency;
 mod corruption;
 mod group_commit;
 mod model;
