@@ -116,8 +116,8 @@ pub enum SyncPolicy {
     /// Batches are written at once and synced at most this often; `wait_durable` resolves after
     /// the next periodic sync covering the record.
     Every(Duration),
-    /// Never sync (except on close): `wait_durable` resolves once `write()` returned. Survives
-    /// a process crash, not a power loss.
+    /// Never sync (except when a segment rolls over, and on close): `wait_durable` resolves
+    /// once `write()` returned. Survives a process crash, not a power loss.
     Never,
 }
 

@@ -12,8 +12,9 @@
 //! - The first write or sync error poisons the queue: the failure is published, pending data
 //!   is discarded, and no later record is ever reported durable. Checkpoints continue (they
 //!   only record acknowledgements).
-//! - A segment file is synced before the writer moves on to the next one, and the directory is
-//!   synced after a segment is created, so a rolled-over segment is as durable as its records.
+//! - A segment file is synced before the writer moves on to the next one (whatever the policy),
+//!   and the directory is synced after a segment is created (unless the policy is `Never`), so
+//!   a rolled-over segment is as durable as its records and close() only syncs the active one.
 //! - A segment is deleted only after a checkpoint at or above its last seq is durable.
 
 use std::fs::{File, OpenOptions};
@@ -157,12 +158,11 @@ impl Writer {
                 SyncPolicy::Every(d) => force || self.last_sync.elapsed() >= d,
                 SyncPolicy::Never => force,
             };
-            if self.written > self.durable {
-                if sync_now {
-                    self.sync();
-                } else if self.shared.opts.sync == SyncPolicy::Never {
-                    self.publish_durable(self.written);
-                }
+            if sync_now {
+                // A no-op if nothing was written since the last sync.
+                self.sync();
+            } else if self.shared.opts.sync == SyncPolicy::Never {
+                self.publish_durable(self.written);
             }
             self.maintain(force);
             if force {
@@ -209,8 +209,9 @@ impl Writer {
         if self.active.as_ref().is_some_and(|a| a.first == first) {
             return true;
         }
-        if self.active.is_some() && self.shared.opts.sync != SyncPolicy::Never && !self.sync_file()
-        {
+        // Even under `Never`: one sync per segment keeps close() able to sync everything by
+        // syncing only the active file, and costs nothing next to a segment's worth of writes.
+        if self.active.is_some() && !self.sync_file() {
             return false;
         }
         let path = segment::segment_path(&self.shared.dir, first);

@@ -64,13 +64,18 @@ async fn a_failed_write_is_never_reported_durable_and_poisons_the_queue() {
     let (q, _) = DiskQueue::open(dir.path(), small_opts()).unwrap();
     // Every write to /dev/full fails with ENOSPC.
     std::os::unix::fs::symlink("/dev/full", crate::segment::segment_path(dir.path(), 0)).unwrap();
-    let waiters: Vec<_> = (0..5)
-        .map(|i| {
-            let seq = q.append(format!("doomed {i}").as_bytes()).unwrap();
-            let q = q.clone();
-            tokio::spawn(async move { q.wait_durable(seq).await })
-        })
-        .collect();
+    // The first append always succeeds; later ones may already see the failure.
+    let mut waiters = Vec::new();
+    for i in 0..5 {
+        match q.append(format!("doomed {i}").as_bytes()) {
+            Ok(seq) => {
+                let q = q.clone();
+                waiters.push(tokio::spawn(async move { q.wait_durable(seq).await }));
+            }
+            Err(AppendError::Io(_)) => assert!(i > 0),
+            Err(e) => panic!("append {i}: {e}"),
+        }
+    }
     for w in waiters {
         let err = tokio::time::timeout(Duration::from_secs(5), w)
             .await
