@@ -38,6 +38,8 @@ enum Command {
         #[arg(short, long, env = "SLUICE_CONFIG")]
         config: PathBuf,
     },
+    /// Measure a scenario of DESIGN.md section 7 (starts this binary as the relay under test).
+    Bench(sluice_bench::BenchArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -76,6 +78,28 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Bench(args) => {
+            let exe = match std::env::current_exe() {
+                Ok(exe) => exe,
+                Err(e) => {
+                    eprintln!("cannot find this binary to start as the relay: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(runtime) => match runtime.block_on(sluice_bench::run(args, exe)) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("sluice bench: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                },
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { config } => {
             let loaded = match Config::load(&config) {
                 Ok(loaded) => loaded,
