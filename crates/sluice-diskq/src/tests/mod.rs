@@ -4,6 +4,7 @@ mod basic;
 mod concurrency;
 mod corruption;
 mod group_commit;
+mod kill;
 mod model;
 
 use std::time::Duration;
