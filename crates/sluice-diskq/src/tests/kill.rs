@@ -135,7 +135,7 @@ fn sigkill_loses_no_durable_record() {
             }
         }
         assert!(
-            !durable.is_empty(),
+            durable.len() > before,
             "round {round}: the child made nothing durable"
         );
 
