@@ -25,7 +25,7 @@
 //! | file                          | contents                                                     |
 //! | ----------------------------- | ------------------------------------------------------------ |
 //! | `00000000000000000000.seg`    | a segment: records back to back, named by its first seq       |
-//! | `checkpoint`                  | the acknowledged low-water mark ([`checkpoint`] module)       |
+//! | `checkpoint`                  | the acknowledged low-water mark (20 bytes, see below)         |
 //! | `checkpoint.tmp`              | a checkpoint being written; removed on open                   |
 //! | `lock`                        | held with an exclusive `flock` (fs4) while a queue is open    |
 //!
@@ -65,6 +65,18 @@
 //!   checkpoint at most every [`Options::checkpoint_interval`] (sooner when it frees a segment),
 //!   and a segment is deleted once the checkpoint covers all its records.
 //!
+//! # Checkpoint layout (little-endian)
+//!
+//! | offset | size | field     | meaning                                                |
+//! | ------ | ---- | --------- | ------------------------------------------------------ |
+//! | 0      | 4    | magic     | `SLQC`                                                 |
+//! | 4      | 4    | version   | 1                                                      |
+//! | 8      | 8    | low_water | every seq below it is acknowledged                     |
+//! | 16     | 4    | crc32c    | CRC-32C over bytes 0..16                               |
+//!
+//! It is replaced atomically: written to `checkpoint.tmp`, `fsync`ed, renamed, and the directory
+//! `fsync`ed. A segment is deleted only after a checkpoint covering all its records is durable.
+//!
 //! # Recovery, and what a bad byte does
 //!
 //! On open the checkpoint is read and segments are scanned forward, verifying every checksum.
@@ -82,15 +94,39 @@
 //! - A length field of 4 GiB costs nothing: lengths are checked against the format limit and
 //!   the bytes actually in the file before anything is read or allocated.
 
+//!
+//! # Using it
+//!
+//! ```no_run
+//! use sluice_diskq::{DiskQueue, Options};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! // Recovery does blocking file I/O: call `open` from `spawn_blocking` in an async program.
+//! let (queue, report) = DiskQueue::open("/var/lib/sluice/queues/upstream", Options::default())?;
+//! println!("{report}");
+//! let seq = queue.append(b"an encoded event")?;
+//! queue.wait_durable(seq).await?; // now it may be acknowledged to the producer
+//! for (seq, record) in queue.read_batch(512, 1 << 20).await? {
+//!     // … deliver `record`, then:
+//!     queue.ack(seq);
+//! }
+//! queue.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Dropping the last handle without `close()` also flushes, syncs and checkpoints (joining the
+//! writer thread, so it blocks for a moment); only a real crash skips that.
+
 mod acks;
-pub mod checkpoint;
+mod checkpoint;
 mod error;
 mod inspect;
 mod queue;
 mod reader;
 pub mod record;
 mod recovery;
-pub mod segment;
+mod segment;
 mod state;
 mod writer;
 

@@ -117,16 +117,6 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Offset of the next record to be read.
-    pub fn position(&self) -> u64 {
-        self.pos
-    }
-
-    /// The sequence number the next record should carry.
-    pub fn expected(&self) -> Seq {
-        self.expected
-    }
-
     /// The payload of the record returned by the last [`Item::Record`].
     pub fn payload(&self) -> &[u8] {
         self.buf.get(self.last_payload.clone()).unwrap_or_default()
