@@ -280,3 +280,26 @@ async fn every_policy_makes_records_durable_after_the_interval() {
     // Readers do not wait for the sync: written records are readable.
     assert_eq!(drain(&q).len(), 50);
 }
+
+#[tokio::test]
+async fn records_acknowledged_before_being_read_may_be_skipped_but_nothing_else_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        read_cache_bytes: 0,
+        ..small_opts()
+    };
+    let (q, _) = DiskQueue::open(dir.path(), opts).unwrap();
+    fill(&q, 0, 300).await;
+    for seq in 0..150 {
+        q.ack(seq);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while q.stats().checkpointed_low_water < 150 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The reader's segment is gone: it moves on without error or "corruption".
+    let got: Vec<u64> = drain(&q).into_iter().map(|r| r.0).collect();
+    assert!(got.first().is_some_and(|&s| s <= 150), "{:?}", got.first());
+    assert!(got.ends_with(&(150..300).collect::<Vec<_>>()));
+    assert_eq!(q.stats().corrupt_records, 0);
+}
