@@ -16,6 +16,11 @@
 //! relaxed atomic add. A snapshot reads the numbers one by one, so while events move it can be
 //! off by the events that moved during the read: [`Ledger::stats`] reads until two passes agree
 //! and says whether it managed (`settled`). A settled snapshot that does not balance is a bug.
+//!
+//! Stream sources also list their open [`connections`] (read after the counters settle, so a
+//! busy connection does not keep the snapshot from settling).
+
+pub mod connections;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,6 +36,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
+
+use connections::{ConnectionRegistry, ConnectionsSnapshot};
 
 /// Why an event was dropped: a closed set, so metrics stay bounded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -312,6 +319,7 @@ impl Ledger {
             }),
             duration: f.duration.get_or_create(&labels).clone(),
             connections_rejected: f.connections_rejected.get_or_create(&labels).clone(),
+            connections: ConnectionRegistry::default(),
         });
         self.components.lock().push(component.clone());
         component
@@ -341,6 +349,9 @@ impl Ledger {
             }
         }
         let balanced = previous.iter().all(|c| c.balanced);
+        for (stats, component) in previous.iter_mut().zip(&components) {
+            stats.connections = component.connections.snapshot();
+        }
         Stats {
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             balanced,
@@ -376,6 +387,8 @@ pub struct ComponentLedger {
     attempts: [Counter; AttemptOutcome::ALL.len()],
     duration: Histogram,
     pub connections_rejected: Counter,
+    /// Open connections of a stream source.
+    pub connections: ConnectionRegistry,
 }
 
 impl ComponentLedger {
@@ -426,6 +439,7 @@ impl ComponentLedger {
             in_flight,
             connections_rejected: self.connections_rejected.get(),
             balanced,
+            connections: None,
         }
     }
 }
@@ -446,6 +460,9 @@ pub struct ComponentStats {
     pub in_flight: u64,
     pub connections_rejected: u64,
     pub balanced: bool,
+    /// Stream sources only: their open connections.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections: Option<ConnectionsSnapshot>,
 }
 
 #[derive(Clone, Debug, Serialize)]

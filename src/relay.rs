@@ -196,6 +196,19 @@ fn start_sink(
         SinkSettings::Blackhole(c) => {
             driver::spawn(sinks::blackhole::Blackhole::new(c), queue, delivery, ledger)
         }
+        SinkSettings::Tcp(c) => {
+            driver::spawn(sinks::socket::StreamSink::tcp(c), queue, delivery, ledger)
+        }
+        SinkSettings::Udp(c) => driver::spawn(sinks::udp::UdpSink::new(c), queue, delivery, ledger),
+        SinkSettings::Unix(c) => {
+            driver::spawn(sinks::socket::StreamSink::unix(c), queue, delivery, ledger)
+        }
+        SinkSettings::File(c) => driver::spawn(
+            sinks::file::FileSink::new(c, &sink.name),
+            queue,
+            delivery,
+            ledger,
+        ),
     })
 }
 

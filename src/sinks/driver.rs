@@ -109,8 +109,18 @@ async fn run<S: Sink>(shared: Arc<Shared<S>>, concurrency: usize) {
 }
 
 async fn deliver<S: Sink>(shared: &Shared<S>, batch: Batch) {
-    let events = batch.events.len() as u64;
+    let mut events = batch.events.len() as u64;
     let request = shared.sink.encode(&batch.events);
+    for &(reason, left_out) in shared.sink.left_out(&request) {
+        let left_out = left_out.min(events);
+        shared.ledger.dropped(reason, left_out);
+        shared.ledger.in_flight.dec_by(left_out as i64);
+        events -= left_out;
+    }
+    if events == 0 {
+        shared.queue.finish(&batch);
+        return;
+    }
     let mut attempt = 0u32;
     loop {
         if let Some(limiter) = &shared.limiter {

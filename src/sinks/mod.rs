@@ -8,11 +8,14 @@
 
 pub mod blackhole;
 pub mod driver;
+pub mod file;
 pub mod http;
 pub mod http_client;
 pub mod http_forward;
 pub mod retry;
+pub mod socket;
 pub mod stdout;
+pub mod udp;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,7 +26,7 @@ use toml::Table;
 use crate::config::error::{ConfigError, Locator};
 use crate::config::typed::{deserialize, struct_fields};
 use crate::event::Event;
-use crate::ledger::AttemptOutcome;
+use crate::ledger::{AttemptOutcome, DropReason};
 use crate::queue::BatchLimits;
 pub use driver::DeliveryConfig;
 pub use retry::RetryConfig;
@@ -36,6 +39,13 @@ pub trait Sink: Send + Sync + 'static {
     fn batch_limits(&self) -> BatchLimits;
 
     fn encode(&self, events: &[Arc<Event>]) -> Self::Request;
+
+    /// Events `encode` left out of `request` because they can never be sent (a UDP event over
+    /// the datagram limit), by reason. The driver counts them dropped at once and settles the
+    /// rest of the batch by the request's outcome. Most sinks send every event: none.
+    fn left_out<'r>(&self, _request: &'r Self::Request) -> &'r [(DropReason, u64)] {
+        &[]
+    }
 
     /// Sends once; never retries by itself.
     fn send(
@@ -78,10 +88,23 @@ pub enum SinkSettings {
     Http(http::HttpConfig),
     Stdout(stdout::StdoutConfig),
     Blackhole(blackhole::BlackholeConfig),
+    Tcp(socket::TcpSinkConfig),
+    Udp(udp::UdpSinkConfig),
+    Unix(socket::UnixSinkConfig),
+    File(file::FileSinkConfig),
 }
 
 impl SinkSettings {
-    pub const KINDS: &'static [&'static str] = &["http_forward", "http", "stdout", "blackhole"];
+    pub const KINDS: &'static [&'static str] = &[
+        "http_forward",
+        "http",
+        "stdout",
+        "blackhole",
+        "tcp",
+        "udp",
+        "unix",
+        "file",
+    ];
 
     /// The keys a kind takes besides the common ones.
     pub fn fields(kind: &str) -> &'static [&'static str] {
@@ -90,6 +113,10 @@ impl SinkSettings {
             "http" => struct_fields::<http::HttpConfig>(),
             "stdout" => struct_fields::<stdout::StdoutConfig>(),
             "blackhole" => struct_fields::<blackhole::BlackholeConfig>(),
+            "tcp" => struct_fields::<socket::TcpSinkConfig>(),
+            "udp" => struct_fields::<udp::UdpSinkConfig>(),
+            "unix" => struct_fields::<socket::UnixSinkConfig>(),
+            "file" => struct_fields::<file::FileSinkConfig>(),
             _ => &[],
         }
     }
@@ -114,6 +141,18 @@ impl SinkSettings {
             "blackhole" => deserialize(table, prefix, locator)
                 .map(Self::Blackhole)
                 .map_err(one),
+            "tcp" => deserialize(table, prefix, locator)
+                .map(Self::Tcp)
+                .map_err(one),
+            "udp" => deserialize(table, prefix, locator)
+                .map(Self::Udp)
+                .map_err(one),
+            "unix" => deserialize(table, prefix, locator)
+                .map(Self::Unix)
+                .map_err(one),
+            "file" => deserialize(table, prefix, locator)
+                .map(Self::File)
+                .map_err(one),
             other => Err(vec![locator.error(
                 &format!("{prefix}.type"),
                 format!("unknown sink type {other:?}"),
@@ -127,6 +166,10 @@ impl SinkSettings {
             Self::Http(c) => c.validate(prefix, locator),
             Self::Stdout(c) => c.batch.validate(&format!("{prefix}.batch"), locator),
             Self::Blackhole(c) => c.batch.validate(&format!("{prefix}.batch"), locator),
+            Self::Tcp(c) => c.validate(prefix, locator),
+            Self::Udp(c) => c.validate(prefix, locator),
+            Self::Unix(c) => c.validate(prefix, locator),
+            Self::File(c) => c.validate(prefix, locator),
         }
     }
 
@@ -136,6 +179,10 @@ impl SinkSettings {
             Self::Http(_) => "http",
             Self::Stdout(_) => "stdout",
             Self::Blackhole(_) => "blackhole",
+            Self::Tcp(_) => "tcp",
+            Self::Udp(_) => "udp",
+            Self::Unix(_) => "unix",
+            Self::File(_) => "file",
         }
     }
 
@@ -145,6 +192,8 @@ impl SinkSettings {
             Self::HttpForward(_) => 64,
             Self::Http(_) => 4,
             Self::Stdout(_) | Self::Blackhole(_) => 1,
+            // One connection (or file), batches in queue order.
+            Self::Tcp(_) | Self::Udp(_) | Self::Unix(_) | Self::File(_) => 1,
         }
     }
 }

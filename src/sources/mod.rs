@@ -5,8 +5,13 @@
 //! a full queue's policy. Adding a kind is one file and a line in each `match` of
 //! [`SourceSettings`].
 
+pub mod framing;
 pub mod http;
 pub mod rate_meter;
+pub mod stream;
+pub mod tcp;
+pub mod udp;
+pub mod unix;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,10 +32,13 @@ use crate::queue::{PushError, SinkQueue};
 #[derive(Debug, Clone)]
 pub enum SourceSettings {
     Http(http::HttpSourceConfig),
+    Tcp(tcp::TcpSourceConfig),
+    Udp(udp::UdpSourceConfig),
+    Unix(unix::UnixSourceConfig),
 }
 
 impl SourceSettings {
-    pub const KINDS: &'static [&'static str] = &["http"];
+    pub const KINDS: &'static [&'static str] = &["http", "tcp", "udp", "unix"];
 
     pub fn parse(
         kind: &str,
@@ -40,6 +48,9 @@ impl SourceSettings {
     ) -> Result<Self, Vec<ConfigError>> {
         match kind {
             "http" => parse_table(table, prefix, locator).map(Self::Http),
+            "tcp" => parse_table(table, prefix, locator).map(Self::Tcp),
+            "udp" => parse_table(table, prefix, locator).map(Self::Udp),
+            "unix" => parse_table(table, prefix, locator).map(Self::Unix),
             other => Err(vec![locator.error(
                 &format!("{prefix}.type"),
                 format!("unknown source type {other:?}"),
@@ -50,19 +61,28 @@ impl SourceSettings {
     pub fn validate(&self, prefix: &str, locator: &Locator) -> Vec<ConfigError> {
         match self {
             Self::Http(c) => c.validate(prefix, locator),
+            Self::Tcp(c) => c.validate(prefix, locator),
+            Self::Udp(c) => c.validate(prefix, locator),
+            Self::Unix(c) => c.validate(prefix, locator),
         }
     }
 
     pub fn type_name(&self) -> &'static str {
         match self {
             Self::Http(_) => "http",
+            Self::Tcp(_) => "tcp",
+            Self::Udp(_) => "udp",
+            Self::Unix(_) => "unix",
         }
     }
 
-    /// The TCP address the source listens on, if it has one.
+    /// The TCP address the source listens on, if it has one (a UDP port does not clash with
+    /// a TCP one, so `udp` has none here).
     pub fn listen_addr(&self) -> Option<SocketAddr> {
         match self {
             Self::Http(c) => Some(c.listen),
+            Self::Tcp(c) => Some(c.listen),
+            Self::Udp(_) | Self::Unix(_) => None,
         }
     }
 }
@@ -119,5 +139,8 @@ pub async fn start(
 ) -> anyhow::Result<RunningSource> {
     match settings {
         SourceSettings::Http(config) => http::start(config.clone(), context).await,
+        SourceSettings::Tcp(config) => tcp::start(config.clone(), context).await,
+        SourceSettings::Udp(config) => udp::start(config.clone(), context).await,
+        SourceSettings::Unix(config) => unix::start(config.clone(), context).await,
     }
 }

@@ -1,0 +1,380 @@
+//! What the stream sources (`tcp`, `unix`) share: the accept loop and the per-connection read
+//! loop. `tcp.rs` and `unix.rs` only bind their listener.
+//!
+//! Accept loop: over `max_connections`, a connection is accepted and closed at once and counted
+//! (`connections_rejected`); accept errors (usually out of file descriptors) back off briefly.
+//! On shutdown the listener closes; open connections stop reading and get `grace` to finish
+//! the event they are pushing.
+//!
+//! Read loop, one task per connection: read into a `BytesMut`, cut frames with the
+//! [`Decoder`], push each event to the [`Fanout`]. The loop reads nothing while a push waits
+//! (`when_full = "block"`): the socket's receive buffer fills and TCP flow control slows the
+//! producer — nothing is dropped. Timeouts: `idle_timeout` closes a connection that sent nothing
+//! for that long (off by default: a producer may stay connected for days, quiet at night);
+//! `partial_frame_timeout` closes one that sent part of a frame and stalled, counting the part
+//! as `read_timeout`.
+//!
+//! Ledger, per frame: `received`, then `delivered` (every queue took it) or `dropped{reason}`;
+//! `in_flight` while a push waits for room. Pushes that succeed at once are counted per read,
+//! not per event, to keep shared counters off the hot path. A partial frame cut off by
+//! shutdown is counted `shutting_down`; one cut off by a reset connection `decode_error`.
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::framing::{Decoder, Frame, Framing, strip_prefix};
+use super::{Fanout, SourceContext};
+use crate::config::error::{ConfigError, Locator};
+use crate::config::{ByteSize, HumanDuration};
+use crate::event::{Attributes, Event, IdGenerator};
+use crate::ledger::{ComponentLedger, DropReason};
+use crate::log_throttle::Throttle;
+
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 64 * 1024;
+/// Below this much spare room the buffer grows before the next read.
+const MIN_READ: usize = 4 * 1024;
+/// A push waits this long at most; sockets rely on TCP flow control, not on a deadline.
+const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The keys `tcp` and `unix` sources share, besides their address.
+#[derive(Clone, Debug)]
+pub struct StreamOptions {
+    pub framing: Framing,
+    pub max_frame_bytes: ByteSize,
+    pub strip_prefix: Option<String>,
+    pub max_connections: usize,
+    pub idle_timeout: Option<HumanDuration>,
+    pub partial_frame_timeout: HumanDuration,
+}
+
+pub mod defaults {
+    use crate::config::{ByteSize, HumanDuration};
+    pub fn max_frame_bytes() -> ByteSize {
+        ByteSize::mib(1)
+    }
+    pub fn max_connections() -> usize {
+        10_000
+    }
+    pub fn partial_frame_timeout() -> HumanDuration {
+        HumanDuration::from_secs(60)
+    }
+}
+
+impl StreamOptions {
+    pub fn validate(&self, prefix: &str, locator: &Locator) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        if self.max_frame_bytes.0 == 0 {
+            errors.push(locator.error(
+                &format!("{prefix}.max_frame_bytes"),
+                "expected at least 1 byte, found 0",
+            ));
+        }
+        if self.max_connections == 0 {
+            errors.push(locator.error(
+                &format!("{prefix}.max_connections"),
+                "expected at least 1, found 0",
+            ));
+        }
+        if self.idle_timeout.is_some_and(|t| t.0.is_zero()) {
+            errors.push(locator.error_with_hint(
+                &format!("{prefix}.idle_timeout"),
+                "expected a duration above zero",
+                "remove the key to keep quiet connections open",
+            ));
+        }
+        if self.partial_frame_timeout.0.is_zero() {
+            errors.push(locator.error(
+                &format!("{prefix}.partial_frame_timeout"),
+                "expected a duration above zero",
+            ));
+        }
+        if self.strip_prefix.as_deref() == Some("") {
+            errors.push(locator.error_with_hint(
+                &format!("{prefix}.strip_prefix"),
+                "expected a prefix, found an empty string",
+                "remove the key to keep lines whole",
+            ));
+        }
+        errors
+    }
+}
+
+/// Where a connection comes from.
+pub struct Peer {
+    /// Shown at `/stats`.
+    pub label: String,
+    /// Becomes the event's `Attributes::Peer`.
+    pub addr: Option<SocketAddr>,
+}
+
+/// A bound listener of some stream kind.
+pub trait StreamListener: Send + Sync + 'static {
+    type Stream: AsyncRead + Unpin + Send + 'static;
+    fn accept(&self) -> impl Future<Output = io::Result<(Self::Stream, Peer)>> + Send;
+}
+
+/// One stream source's shared state.
+struct StreamSource {
+    name: Arc<str>,
+    fanout: Fanout,
+    ledger: Arc<ComponentLedger>,
+    ids: Arc<IdGenerator>,
+    framing: Framing,
+    max_frame_bytes: usize,
+    prefix: Bytes,
+    idle_timeout: Option<Duration>,
+    partial_frame_timeout: Duration,
+    shutdown: CancellationToken,
+    grace: Duration,
+    warn_throttle: Throttle,
+}
+
+/// Serves `listener` until shutdown, then waits (up to the grace period) for connections.
+pub async fn serve<L: StreamListener>(listener: L, options: StreamOptions, context: SourceContext) {
+    context.ledger.connections.track();
+    let max_connections = options.max_connections;
+    let source = Arc::new(StreamSource {
+        name: context.name,
+        fanout: context.fanout,
+        ledger: context.ledger,
+        ids: context.ids,
+        framing: options.framing,
+        max_frame_bytes: options.max_frame_bytes.as_usize(),
+        prefix: Bytes::from(options.strip_prefix.unwrap_or_default()),
+        idle_timeout: options.idle_timeout.map(|t| t.0),
+        partial_frame_timeout: options.partial_frame_timeout.0,
+        shutdown: context.shutdown,
+        grace: context.grace,
+        warn_throttle: Throttle::default(),
+    });
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let accept_errors = Throttle::default();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = source.shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    if let Some(suppressed) = accept_errors.check() {
+                        warn!(source = %source.name, %error, suppressed, "Cannot accept a connection.");
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            source.ledger.connections_rejected.inc();
+            drop(stream);
+            continue;
+        };
+        let source = source.clone();
+        tokio::spawn(async move {
+            source.read_connection(stream, peer).await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    // Connections see the same shutdown signal; every slot back means every one has ended.
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(
+        source.grace + Duration::from_secs(1),
+        slots.acquire_many(all),
+    )
+    .await
+    .is_err()
+    {
+        debug!(source = %source.name, "Connections still open after the shutdown grace period.");
+    }
+}
+
+/// Why a read loop ended.
+enum End {
+    Eof,
+    Shutdown,
+    Stalled,
+    Idle,
+    Error(io::Error),
+}
+
+impl StreamSource {
+    async fn read_connection<S: AsyncRead + Unpin>(&self, mut stream: S, peer: Peer) {
+        let connection = self.ledger.connections.open(peer.label);
+        let mut decoder = Decoder::new(self.framing, self.max_frame_bytes);
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let end = loop {
+            if buf.capacity() - buf.len() < MIN_READ {
+                buf.reserve(READ_CHUNK);
+            }
+            let mid_frame = decoder.is_mid_frame(&buf);
+            let limit = if mid_frame {
+                Some(self.partial_frame_timeout)
+            } else {
+                self.idle_timeout
+            };
+            let read = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => break End::Shutdown,
+                read = read_within(&mut stream, &mut buf, limit) => read,
+            };
+            let n = match read {
+                None if mid_frame => break End::Stalled,
+                None => break End::Idle,
+                Some(Ok(0)) => break End::Eof,
+                Some(Ok(n)) => n,
+                Some(Err(error)) => break End::Error(error),
+            };
+            let mut events = 0;
+            let mut tally = Tally::default();
+            let mut abandoned = false;
+            while let Some(frame) = decoder.decode(&mut buf) {
+                match frame {
+                    // Frames already read are still pushed during shutdown, until one push is
+                    // abandoned; the rest are then counted, not silently lost.
+                    Frame::Event(_) if abandoned => self.drop_frame(DropReason::ShuttingDown),
+                    Frame::Event(payload) => {
+                        events += 1;
+                        abandoned = !self.emit(payload, peer.addr, &mut tally).await;
+                    }
+                    Frame::Dropped(reason) => self.drop_frame(reason),
+                }
+            }
+            self.flush(&mut tally);
+            connection.record(n as u64, events);
+            if abandoned {
+                break End::Shutdown;
+            }
+        };
+        match end {
+            End::Eof => match decoder.finish(&mut buf) {
+                Some(Frame::Event(payload)) => {
+                    let mut tally = Tally::default();
+                    self.emit(payload, peer.addr, &mut tally).await;
+                    self.flush(&mut tally);
+                    connection.record(0, 1);
+                }
+                Some(Frame::Dropped(reason)) => self.drop_frame(reason),
+                None => {}
+            },
+            End::Shutdown => self.drop_partial(&mut decoder, &mut buf, DropReason::ShuttingDown),
+            End::Stalled => {
+                self.drop_partial(&mut decoder, &mut buf, DropReason::ReadTimeout);
+                self.warn(
+                    &connection.peer,
+                    "Closing a connection that stalled mid-frame.",
+                );
+            }
+            End::Idle => {
+                debug!(source = %self.name, peer = %connection.peer, "Closing an idle connection.")
+            }
+            End::Error(error) => {
+                self.drop_partial(&mut decoder, &mut buf, DropReason::DecodeError);
+                debug!(source = %self.name, peer = %connection.peer, %error, "Connection ended with an error.");
+            }
+        }
+    }
+
+    /// Counts a partial frame that will never be finished, if there is one.
+    fn drop_partial(&self, decoder: &mut Decoder, buf: &mut BytesMut, reason: DropReason) {
+        // `finish` reports what the stream held; anything it would have kept is cut short here.
+        if decoder.finish(buf).is_some() {
+            self.drop_frame(reason);
+        }
+    }
+
+    fn drop_frame(&self, reason: DropReason) {
+        self.ledger.received.inc();
+        self.ledger.dropped(reason, 1);
+    }
+
+    fn warn(&self, peer: &str, message: &'static str) {
+        if let Some(suppressed) = self.warn_throttle.check() {
+            warn!(source = %self.name, %peer, suppressed, "{message}");
+        }
+    }
+
+    fn flush(&self, tally: &mut Tally) {
+        if tally.delivered > 0 {
+            self.ledger.received.inc_by(tally.delivered);
+            self.ledger.delivered.inc_by(tally.delivered);
+            tally.delivered = 0;
+        }
+    }
+
+    /// Pushes one event; `false` when the push had to be abandoned because the relay is shutting
+    /// down and the queue made no room within the grace period.
+    async fn emit(&self, payload: Bytes, peer: Option<SocketAddr>, tally: &mut Tally) -> bool {
+        let payload = strip_prefix(payload, &self.prefix);
+        let attributes = peer.map_or(Attributes::None, Attributes::Peer);
+        let event = Arc::new(Event::new(
+            self.ids.next(),
+            self.name.clone(),
+            payload,
+            attributes,
+        ));
+        let mut push = pin!(self.fanout.push(event, Instant::now() + FAR));
+        // Most pushes finish at once; only one that waits is counted as in flight.
+        let first = poll_fn(|cx| Poll::Ready(push.as_mut().poll(cx))).await;
+        if let Poll::Ready(result) = first {
+            match result {
+                Ok(()) => tally.delivered += 1,
+                Err(reason) => self.drop_frame(reason),
+            }
+            return true;
+        }
+        self.flush(tally);
+        self.ledger.received.inc();
+        self.ledger.in_flight.inc();
+        let result = tokio::select! {
+            result = push.as_mut() => Some(result),
+            _ = self.shutdown.cancelled() => None,
+        };
+        // Shutting down: the queue may still make room within the grace period.
+        let result = match result {
+            Some(result) => Some(result),
+            None => tokio::time::timeout(self.grace, push).await.ok(),
+        };
+        let pushed = result.is_some();
+        match result {
+            Some(Ok(())) => {
+                self.ledger.delivered.inc();
+            }
+            Some(Err(reason)) => self.ledger.dropped(reason, 1),
+            None => self.ledger.dropped(DropReason::ShuttingDown, 1),
+        }
+        self.ledger.in_flight.dec();
+        pushed
+    }
+}
+
+/// Events pushed at once, counted in the ledger once per read.
+#[derive(Default)]
+struct Tally {
+    delivered: u64,
+}
+
+/// One read, bounded by `limit` when there is one; `None` when the limit passed.
+async fn read_within<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    limit: Option<Duration>,
+) -> Option<io::Result<usize>> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, stream.read_buf(buf)).await.ok(),
+        None => Some(stream.read_buf(buf).await),
+    }
+}
