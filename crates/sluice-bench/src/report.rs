@@ -201,6 +201,7 @@ pub struct Summary {
     pub latency_max_us: Option<Spread>,
     pub producer_p99_us: Option<Spread>,
     pub producer_outage_p99_us: Option<Spread>,
+    pub producer_max_stall_us: Option<Spread>,
     pub cpu_us_per_event: Option<Spread>,
     pub peak_rss_mib: Option<Spread>,
     pub drain_secs: Option<Spread>,
@@ -234,6 +235,7 @@ impl Summary {
             latency_max_us: s(&|r| Some(r.latency_max_us)),
             producer_p99_us: s(&|r| r.producer_p99_us),
             producer_outage_p99_us: s(&|r| r.producer_outage_p99_us),
+            producer_max_stall_us: s(&|r| Some(r.producer_max_stall_us)),
             cpu_us_per_event: s(&|r| r.cpu_us_per_event),
             peak_rss_mib: s(&|r| r.peak_rss_mib),
             drain_secs: s(&|r| r.drain_secs),
@@ -338,8 +340,8 @@ pub fn table(rows: &[RunResult], summaries: &[Summary]) -> String {
             format!(" [{}–{}]", human(e.min), human(e.max))
         });
         out.push_str(&format!(
-            "{} {} median of {}: {} events/s{}, {} MiB/s, p50 {} p99 {} max {}, producer p99 {}, \
-             CPU {} µs/event, peak RSS {} MiB; refused {}, lost {}, duplicates {}, reordered {}, \
+            "{} {} median of {}: {} events/s{}, {} MiB/s, sent {}/s, p50 {} p99 {} max {}, producer p99 {} \
+             (longest stall {}), CPU {} µs/event, peak RSS {} MiB; refused {}, lost {}, duplicates {}, reordered {}, \
              garbage {}\n",
             format!("{:?}", s.scenario).to_lowercase(),
             s.target,
@@ -347,10 +349,12 @@ pub fn table(rows: &[RunResult], summaries: &[Summary]) -> String {
             cell(s.events_per_sec),
             range,
             cell(s.mib_per_sec),
+            cell(s.send_per_sec),
             lat(s.latency_p50_us),
             lat(s.latency_p99_us),
             lat(s.latency_max_us),
             lat(s.producer_p99_us),
+            lat(s.producer_max_stall_us),
             cell(s.cpu_us_per_event),
             cell(s.peak_rss_mib),
             s.refused,
