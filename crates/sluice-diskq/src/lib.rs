@@ -208,6 +208,15 @@ impl Options {
                 self.segment_bytes, self.max_bytes
             )));
         }
+        let largest = u64::from(self.max_record_bytes) + record::HEADER_LEN as u64;
+        if self.max_bytes < largest {
+            return Err(Error::InvalidOptions(format!(
+                "max_bytes: expected at least max_record_bytes + {} ({largest}) so that every \
+                 accepted record fits, found {}",
+                record::HEADER_LEN,
+                self.max_bytes
+            )));
+        }
         if let SyncPolicy::Every(d) = self.sync
             && d.is_zero()
         {

@@ -156,6 +156,7 @@ async fn full_queue_refuses_appends_until_acks_free_a_segment() {
     let dir = tempfile::tempdir().unwrap();
     let opts = Options {
         max_bytes: 16 * 1024,
+        max_record_bytes: 1024,
         ..small_opts()
     };
     let (q, _) = DiskQueue::open(dir.path(), opts).unwrap();

@@ -27,6 +27,7 @@ fn concurrent_writers_readers_and_acks_lose_nothing_across_a_restart() {
     // Four 4 KiB segments: writers hit Full and must wait for acks to free space.
     let opts = Options {
         max_bytes: 16 * 1024,
+        max_record_bytes: 1024,
         checkpoint_interval: Duration::from_millis(5),
         ..small_opts()
     };
