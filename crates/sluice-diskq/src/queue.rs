@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::record::{encode_into, encoded_len};
 use crate::state::{Chunk, Counters, PENDING_LIMIT, Progress, ReadCursor, SegMeta, Shared, State};
@@ -52,6 +52,7 @@ impl Inner {
             _ => ExitInfo::default(),
         };
         self.shared.progress.send_modify(|p| p.closed = true);
+        self.shared.fail_waiters(None);
         self.shared.notify_readers();
         info
     }
@@ -100,6 +101,8 @@ impl DiskQueue {
         let state = State {
             next_seq: rec.next_seq,
             written: rec.next_seq,
+            durable: rec.next_seq,
+            waiters: std::collections::BTreeMap::new(),
             pending: Vec::new(),
             pending_bytes: 0,
             segments: rec.segments,
@@ -253,18 +256,26 @@ impl DiskQueue {
     /// Returns [`Error::WriteFailed`] if the write or sync failed (that record is never
     /// reported durable), or [`Error::Closed`] if the queue closed without `seq` being appended.
     pub async fn wait_durable(&self, seq: Seq) -> Result<(), Error> {
-        let mut rx = self.shared().progress.subscribe();
-        let p = rx
-            .wait_for(|p| p.durable > seq || p.failed.is_some() || p.closed)
-            .await
-            .map_err(|_| Error::Closed)?
-            .clone();
-        if p.durable > seq {
-            Ok(())
-        } else if let Some(f) = p.failed {
-            Err(Error::WriteFailed(f))
-        } else {
-            Err(Error::Closed)
+        let sh = self.shared();
+        let rx = {
+            let mut st = sh.state.lock();
+            if seq < st.durable {
+                return Ok(());
+            }
+            if let Some(f) = &st.failed {
+                return Err(Error::WriteFailed(f.clone()));
+            }
+            if sh.progress.borrow().closed {
+                return Err(Error::Closed);
+            }
+            let (tx, rx) = oneshot::channel();
+            st.waiters.entry(seq).or_default().push(tx);
+            rx
+        };
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(f)) => Err(Error::WriteFailed(f)),
+            Err(_) => Err(Error::Closed),
         }
     }
 

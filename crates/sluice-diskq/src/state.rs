@@ -12,7 +12,7 @@
 //!   first seq not yet handed to the OS, so `pending` starts at `written`.
 //! - `tail` holds written chunks in seq order, ending at `written`.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::acks::AckSet;
 use crate::{Options, Seq, WriteFailure};
@@ -70,11 +70,20 @@ pub(crate) struct Progress {
     pub closed: bool,
 }
 
+/// What a `wait_durable` caller is told; a dropped sender means the queue closed first.
+pub(crate) type DurableOutcome = Result<(), Arc<WriteFailure>>;
+
 /// The mutable state behind [`Shared::state`].
 #[derive(Debug)]
 pub(crate) struct State {
     pub next_seq: Seq,
     pub written: Seq,
+    /// Every seq below is durable (mirrors `Progress::durable`, but read under this lock so
+    /// that registering a waiter cannot race with its release).
+    pub durable: Seq,
+    /// `wait_durable` callers by seq, released exactly when a sync covers them: a sync wakes
+    /// only the waiters it covers, not every waiter.
+    pub waiters: BTreeMap<Seq, Vec<oneshot::Sender<DurableOutcome>>>,
     pub pending: Vec<Chunk>,
     pub pending_bytes: u64,
     pub segments: VecDeque<SegMeta>,
@@ -170,6 +179,29 @@ impl Shared {
         if st.writer_idle {
             st.writer_idle = false;
             self.wake.notify_one();
+        }
+    }
+
+    /// Releases every `wait_durable` caller with a seq below `durable`.
+    pub fn release_durable(&self, durable: Seq) {
+        let ready = {
+            let mut st = self.state.lock();
+            st.durable = st.durable.max(durable);
+            let later = st.waiters.split_off(&durable);
+            std::mem::replace(&mut st.waiters, later)
+        };
+        for tx in ready.into_values().flatten() {
+            let _ = tx.send(Ok(()));
+        }
+    }
+
+    /// Fails every waiting `wait_durable` caller (`None`: the queue closed; they get `Closed`).
+    pub fn fail_waiters(&self, failure: Option<Arc<WriteFailure>>) {
+        let all = std::mem::take(&mut self.state.lock().waiters);
+        if let Some(f) = failure {
+            for tx in all.into_values().flatten() {
+                let _ = tx.send(Err(f.clone()));
+            }
         }
     }
 

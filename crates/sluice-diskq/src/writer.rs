@@ -71,9 +71,10 @@ impl Drop for PanicGuard<'_> {
             });
             self.0.state.lock().failed = Some(failure.clone());
             self.0.progress.send_modify(|p| {
-                p.failed = Some(failure);
+                p.failed = Some(failure.clone());
                 p.closed = true;
             });
+            self.0.fail_waiters(Some(failure));
             self.0.notify_readers();
         }
     }
@@ -167,6 +168,8 @@ impl Writer {
             self.maintain(force);
             if force {
                 self.shared.progress.send_modify(|p| p.closed = true);
+                // Whatever still waits was never appended (or failed): it never becomes durable.
+                self.shared.fail_waiters(None);
                 self.shared.notify_readers();
             }
             if shutdown {
@@ -192,9 +195,10 @@ impl Writer {
         drop(st);
         self.shared.progress.send_modify(|p| {
             if p.failed.is_none() {
-                p.failed = Some(failure);
+                p.failed = Some(failure.clone());
             }
         });
+        self.shared.fail_waiters(Some(failure));
         self.shared.bump_space();
         self.shared.notify_readers();
         self.active = None;
@@ -336,7 +340,12 @@ impl Writer {
         }
         Counters::add(&self.shared.counters.records_synced, upto - self.durable);
         self.durable = upto;
-        self.shared.progress.send_modify(|p| p.durable = upto);
+        self.shared.release_durable(upto);
+        // For stats and close(); waiters were released above, without waking anyone else.
+        self.shared.progress.send_if_modified(|p| {
+            p.durable = upto;
+            false
+        });
     }
 
     /// Writes the checkpoint if due (or `force`d) and deletes segments it made obsolete.
