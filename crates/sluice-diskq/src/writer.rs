@@ -129,8 +129,7 @@ impl Writer {
                     let sync_at = self.sync_interval().map(|d| self.last_sync + d);
                     let sync_due = unsynced && sync_at.is_some_and(|t| now >= t);
                     let low_moved = st.acks.low_water() != st.ckpt_low;
-                    let ckpt_due =
-                        low_moved && (st.ckpt_urgent || now >= self.last_ckpt + interval);
+                    let ckpt_due = st.ckpt_urgent || low_moved && now >= self.last_ckpt + interval;
                     // One round after close() flushes, syncs and checkpoints, then sets `closed`.
                     let closing = st.close_requested && !self.shared.progress.borrow().closed;
                     if !st.pending.is_empty() || sync_due || ckpt_due || closing || st.shutdown {
@@ -350,36 +349,43 @@ impl Writer {
 
     /// Writes the checkpoint if due (or `force`d) and deletes segments it made obsolete.
     fn maintain(&mut self, force: bool) {
-        let (low, urgent) = {
-            let mut st = self.shared.state.lock();
-            let low = st.acks.low_water();
-            if low == st.ckpt_low {
-                st.ckpt_urgent = false;
-                return;
-            }
-            (low, st.ckpt_urgent)
+        let (low, ckpt_low, urgent) = {
+            let st = self.shared.state.lock();
+            (st.acks.low_water(), st.ckpt_low, st.ckpt_urgent)
         };
-        if !(force || urgent || self.last_ckpt.elapsed() >= self.shared.opts.checkpoint_interval) {
-            return;
+        let due =
+            force || urgent || self.last_ckpt.elapsed() >= self.shared.opts.checkpoint_interval;
+        if low != ckpt_low && due {
+            self.last_ckpt = Instant::now();
+            match checkpoint::write(&self.shared.dir, low) {
+                Ok(()) => {
+                    Counters::add(&self.shared.counters.checkpoints, 1);
+                    self.shared.state.lock().ckpt_low = low;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Writing the disk queue checkpoint failed; will retry.");
+                    // Retry at the interval rather than in a tight loop.
+                    self.shared.state.lock().ckpt_urgent = false;
+                }
+            }
         }
-        self.last_ckpt = Instant::now();
-        if let Err(e) = checkpoint::write(&self.shared.dir, low) {
-            tracing::warn!(error = %e, "Writing the disk queue checkpoint failed; will retry.");
-            return;
-        }
-        Counters::add(&self.shared.counters.checkpoints, 1);
+        // Delete what the durable checkpoint covers. This also runs when the checkpoint was
+        // already up to date, e.g. when a fully acknowledged active segment was just rolled over.
         let mut doomed = Vec::new();
-        {
+        let low = {
             let mut st = self.shared.state.lock();
-            st.ckpt_low = low;
-            st.ckpt_urgent = false;
-            while st.front_deletable(low) {
+            let covered = st.ckpt_low;
+            while st.front_deletable(covered) {
                 if let Some(old) = st.segments.pop_front() {
                     st.disk_bytes -= old.bytes;
                     doomed.push(old.first);
                 }
             }
-        }
+            if covered == st.acks.low_water() {
+                st.ckpt_urgent = false;
+            }
+            covered
+        };
         for first in &doomed {
             let path = segment::segment_path(&self.shared.dir, *first);
             if let Err(e) = std::fs::remove_file(&path)

@@ -304,3 +304,48 @@ async fn records_acknowledged_before_being_read_may_be_skipped_but_nothing_else_
     assert!(got.ends_with(&(150..300).collect::<Vec<_>>()));
     assert_eq!(q.stats().corrupt_records, 0);
 }
+
+#[tokio::test]
+async fn a_queue_whose_every_record_is_acknowledged_and_checkpointed_frees_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        max_bytes: 4096,
+        segment_bytes: 4096,
+        max_record_bytes: 1024,
+        checkpoint_interval: Duration::from_millis(2),
+        ..small_opts()
+    };
+    let (q, _) = DiskQueue::open(dir.path(), opts).unwrap();
+    // A reader that keeps up: every record is acknowledged and checkpointed before the next
+    // append, so when the segment fills there is nothing left to acknowledge.
+    let mut fulls = 0;
+    for i in 0..100u64 {
+        let seq = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match q.append(&[i as u8; 100]) {
+                    Ok(seq) => break seq,
+                    Err(AppendError::Full { .. }) => {
+                        fulls += 1;
+                        q.wait_space().await;
+                    }
+                    Err(e) => panic!("append {i}: {e}"),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("append {i}: space was never freed"));
+        q.wait_durable(seq).await.unwrap();
+        let got = q.read_batch(10, 1 << 20).await.unwrap();
+        assert_eq!(got.len(), 1);
+        q.ack(got[0].0);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while q.stats().checkpointed_low_water <= seq {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "checkpoint never written"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    assert!(fulls > 0, "the test is meant to fill the queue");
+}
