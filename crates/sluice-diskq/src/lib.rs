@@ -40,9 +40,11 @@
 //!
 //! Records never span segments. A segment rolls over when the next record would take it past
 //! [`Options::segment_bytes`] (a record larger than that gets a segment of its own). Within a
-//! segment sequence numbers are contiguous; across segments they continue, except that after a
-//! crash that lost unsynced data, or when the checkpoint is ahead of the data, numbering resumes
-//! at `max(last seq on disk + 1, low-water mark)` in a fresh segment.
+//! segment sequence numbers are contiguous, and they continue across segments and restarts:
+//! numbering resumes at `max(last valid seq on disk + 1, low-water mark)`. So the seqs of
+//! records that were never durable and were lost in a crash are given out again; and when the
+//! checkpoint is ahead of the data (acknowledged records lost with unsynced data), numbering
+//! jumps to the low-water mark and continues in a fresh segment.
 //!
 //! # Limits
 //!
@@ -58,8 +60,10 @@
 //!
 //! - [`DiskQueue::append`] assigns the next seq and buffers the record; it fails fast with
 //!   [`AppendError::Full`] at `max_bytes` (nothing is ever dropped by this crate).
-//! - The writer thread publishes two watermarks: *written* (handed to the OS; readers may see it)
-//!   and *durable* (covered by the sync policy).
+//! - The writer thread publishes two watermarks: *written* (handed to the OS) and *durable*
+//!   (covered by the sync policy). Readers see records once written, before they are durable:
+//!   delivery does not wait for the sync. A record delivered and then lost in a power failure
+//!   before its sync was never reported durable, so its producer retries it (at-least-once).
 //! - [`DiskQueue::read_batch`] hands each record out once per process lifetime, in order.
 //! - [`DiskQueue::ack`] may arrive out of order; the contiguous low-water mark is written to the
 //!   checkpoint at most every [`Options::checkpoint_interval`] (sooner when it frees a segment),
@@ -93,7 +97,6 @@
 //! - **A damaged checkpoint** is ignored: everything on disk is replayed.
 //! - A length field of 4 GiB costs nothing: lengths are checked against the format limit and
 //!   the bytes actually in the file before anything is read or allocated.
-
 //!
 //! # Using it
 //!
