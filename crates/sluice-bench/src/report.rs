@@ -18,6 +18,13 @@ use crate::tracker::{BUCKET_NS, TrackerSummary};
 
 const MIB: f64 = 1024.0 * 1024.0;
 
+/// What a run cost: the relay's CPU and peak RSS, and this process's CPU (senders + receivers).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Costs {
+    pub relay: Option<Sample>,
+    pub harness_cpu_secs: Option<f64>,
+}
+
 /// One measured run.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunResult {
@@ -40,6 +47,9 @@ pub struct RunResult {
     pub producer_max_stall_us: f64,
     pub cpu_us_per_event: Option<f64>,
     pub peak_rss_mib: Option<f64>,
+    /// The harness's own CPU per delivered event: when it nears the core count, the harness is
+    /// the bottleneck, not the relay.
+    pub harness_cpu_us_per_event: Option<f64>,
     pub delivered: u64,
     pub lost: u64,
     pub duplicates: u64,
@@ -85,7 +95,7 @@ impl RunResult {
         run: u32,
         sent: &SendReport,
         (t, timeline, latency_curve): (TrackerSummary, Vec<u64>, Vec<(f64, f64)>),
-        cost: Option<Sample>,
+        costs: Costs,
         ledger: Option<Ledger>,
         send_start_ns: u64,
         outage_end_ns: Option<u64>,
@@ -127,10 +137,15 @@ impl RunResult {
             producer_p99_us: q(&sent.latency, 0.99),
             producer_outage_p99_us: q(&sent.window_latency, 0.99),
             producer_max_stall_us: us(sent.max_stall_ns),
-            cpu_us_per_event: cost
+            cpu_us_per_event: costs
+                .relay
                 .filter(|_| t.unique > 0)
                 .map(|c| c.cpu_secs * 1e6 / t.unique as f64),
-            peak_rss_mib: cost.map(|c| c.peak_rss_bytes as f64 / MIB),
+            peak_rss_mib: costs.relay.map(|c| c.peak_rss_bytes as f64 / MIB),
+            harness_cpu_us_per_event: costs
+                .harness_cpu_secs
+                .filter(|_| t.unique > 0)
+                .map(|c| c * 1e6 / t.unique as f64),
             delivered: t.unique,
             lost,
             duplicates: t.duplicates,
@@ -203,6 +218,7 @@ pub struct Summary {
     pub producer_outage_p99_us: Option<Spread>,
     pub producer_max_stall_us: Option<Spread>,
     pub cpu_us_per_event: Option<Spread>,
+    pub harness_cpu_us_per_event: Option<Spread>,
     pub peak_rss_mib: Option<Spread>,
     pub drain_secs: Option<Spread>,
     /// Totals over all runs.
@@ -237,6 +253,7 @@ impl Summary {
             producer_outage_p99_us: s(&|r| r.producer_outage_p99_us),
             producer_max_stall_us: s(&|r| Some(r.producer_max_stall_us)),
             cpu_us_per_event: s(&|r| r.cpu_us_per_event),
+            harness_cpu_us_per_event: s(&|r| r.harness_cpu_us_per_event),
             peak_rss_mib: s(&|r| r.peak_rss_mib),
             drain_secs: s(&|r| r.drain_secs),
             sent: rows.iter().map(|r| r.sent).sum(),
@@ -341,7 +358,7 @@ pub fn table(rows: &[RunResult], summaries: &[Summary]) -> String {
         });
         out.push_str(&format!(
             "{} {} median of {}: {} events/s{}, {} MiB/s, sent {}/s, p50 {} p99 {} max {}, producer p99 {} \
-             (longest stall {}), CPU {} µs/event, peak RSS {} MiB; refused {}, lost {}, duplicates {}, reordered {}, \
+             (longest stall {}), CPU {} µs/event (harness {}), peak RSS {} MiB; refused {}, lost {}, duplicates {}, reordered {}, \
              garbage {}\n",
             format!("{:?}", s.scenario).to_lowercase(),
             s.target,
@@ -356,6 +373,7 @@ pub fn table(rows: &[RunResult], summaries: &[Summary]) -> String {
             lat(s.producer_p99_us),
             lat(s.producer_max_stall_us),
             cell(s.cpu_us_per_event),
+            cell(s.harness_cpu_us_per_event),
             cell(s.peak_rss_mib),
             s.refused,
             s.lost,

@@ -21,7 +21,7 @@ use crate::payload;
 use crate::procstat::{self, Sample};
 use crate::receivers::{HttpControl, HttpReceiver, Mode, TcpReceiver, free_port};
 use crate::relay::{Ledger, Proc, QueueSpec, Relay, RelaySpec, SinkKind, SourceKind};
-use crate::report::RunResult;
+use crate::report::{Costs, RunResult};
 use crate::senders::{self, LoadPlan, Transport};
 use crate::tracker::{SharedTracker, Tracker};
 
@@ -271,6 +271,8 @@ async fn measure(
 ) -> Result<RunResult> {
     let pid = (middle.relay.as_ref().map(|r| r.proc.pid)).or(middle.peer.as_ref().map(|p| p.pid));
     let before = pid.map(procstat::sample).transpose()?;
+    let me = std::process::id();
+    let harness_before = procstat::sample(me).ok();
     let transport = match plan.source {
         SourceKind::Tcp => Transport::Tcp(middle.source_addr),
         SourceKind::Http => Transport::Http {
@@ -338,6 +340,7 @@ async fn measure(
             bail!("{msg}");
         }
     };
+    let harness_after = procstat::sample(me).ok();
     let ledger = match &middle.relay {
         Some(r) => Some(r.stats().await.unwrap_or_else(|e| {
             eprintln!("warning: could not read the relay's /stats: {e:#}");
@@ -356,12 +359,17 @@ async fn measure(
             crate::report::percentile_curve(t.latency()),
         )
     });
-    let cost = match (before, after) {
-        (Some(b), Some(a)) => Some(Sample {
-            cpu_secs: a.cpu_secs - b.cpu_secs,
-            peak_rss_bytes: a.peak_rss_bytes,
-        }),
-        _ => None,
+    let costs = Costs {
+        relay: match (before, after) {
+            (Some(b), Some(a)) => Some(Sample {
+                cpu_secs: a.cpu_secs - b.cpu_secs,
+                peak_rss_bytes: a.peak_rss_bytes,
+            }),
+            _ => None,
+        },
+        harness_cpu_secs: harness_before
+            .zip(harness_after)
+            .map(|(b, a)| a.cpu_secs - b.cpu_secs),
     };
     Ok(RunResult::new(
         plan,
@@ -369,7 +377,7 @@ async fn measure(
         run,
         &sent,
         tracked,
-        cost,
+        costs,
         ledger,
         send_start_ns,
         outage_end_ns,
