@@ -301,3 +301,4 @@ where
         worker.await.expect("worker");
     }
 }
+pub mod sockets;

@@ -1,0 +1,553 @@
+//! The socket sources and sinks over real loopback sockets: volume and order, framing edge
+//! cases, Unix and UDP, a sink peer that goes away, and bad input — with the ledger checked
+//! after each.
+
+mod common;
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::TestRelay;
+use common::sockets::{
+    DatagramReceiver, LineReceiver, component, dropped, relay_config, send_tcp, tcp_sink,
+};
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket, UnixStream};
+
+const TCP_SOURCE: &str = "type = \"tcp\"\nlisten = \"127.0.0.1:0\"";
+
+fn tcp_source(extra: &str) -> String {
+    format!("{TCP_SOURCE}\n{extra}")
+}
+
+/// 250,000 lines of 100 bytes per connection, 4 connections: 1,000,000 lines, ~100 MB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_lines_over_four_connections_arrive_once_and_in_order() {
+    const CONNECTIONS: usize = 4;
+    const PER_CONNECTION: u64 = 250_000;
+    // Per sending connection: the next sequence number expected at the receiver.
+    let expected: Arc<Mutex<[u64; CONNECTIONS]>> = Arc::default();
+    let faults = Arc::new(AtomicU64::new(0));
+    let on_line = {
+        let (expected, faults) = (expected.clone(), faults.clone());
+        Arc::new(move |_: usize, line: Bytes| {
+            // "c<conn> <seq, 10 digits> xxx…"
+            let conn = usize::from(line[1] - b'0');
+            let seq: u64 = std::str::from_utf8(&line[3..13])
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(u64::MAX);
+            let mut expected = expected.lock();
+            if line.len() != 99 || conn >= CONNECTIONS || expected[conn] != seq {
+                faults.fetch_add(1, Ordering::Relaxed);
+            } else {
+                expected[conn] += 1;
+            }
+        })
+    };
+    let receiver = LineReceiver::start(on_line).await;
+    let relay = TestRelay::start(&relay_config(
+        &tcp_source(""),
+        &tcp_sink(
+            receiver.addr,
+            "queue = { max_events = 20000, when_full = \"block\" }",
+        ),
+    ))
+    .await;
+    let source = relay.addr("in");
+    let started = std::time::Instant::now();
+    let senders: Vec<_> = (0..CONNECTIONS)
+        .map(|conn| {
+            tokio::spawn(async move {
+                let mut stream = TcpStream::connect(source).await.expect("connect");
+                let padding = "x".repeat(85);
+                let mut chunk = Vec::with_capacity(100 * 1000);
+                for seq in 0..PER_CONNECTION {
+                    writeln!(chunk, "c{conn} {seq:010} {padding}").expect("format");
+                    if chunk.len() >= 100 * 1000 {
+                        stream.write_all(&chunk).await.expect("write");
+                        chunk.clear();
+                    }
+                }
+                stream.write_all(&chunk).await.expect("write");
+                stream.shutdown().await.expect("shutdown");
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.await.expect("sender");
+    }
+    receiver.wait_for(CONNECTIONS as u64 * PER_CONNECTION).await;
+    let elapsed = started.elapsed();
+    assert_eq!(
+        faults.load(Ordering::Relaxed),
+        0,
+        "every line once, in order"
+    );
+    assert_eq!(*expected.lock(), [PER_CONNECTION; CONNECTIONS]);
+    let stats = relay.assert_settled_and_balanced().await;
+    let total = CONNECTIONS as u64 * PER_CONNECTION;
+    assert_eq!(component(&stats, "in")["delivered"], total);
+    assert_eq!(component(&stats, "out")["delivered"], total);
+    eprintln!(
+        "1M lines in {elapsed:?}: {:.0} lines/s",
+        total as f64 / elapsed.as_secs_f64()
+    );
+    relay.shutdown().await;
+    receiver.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_and_merged_reads_crlf_and_empty_lines_make_exact_events() {
+    let (receiver, lines) = LineReceiver::collecting().await;
+    let relay =
+        TestRelay::start(&relay_config(&tcp_source(""), &tcp_sink(receiver.addr, ""))).await;
+    let mut stream = TcpStream::connect(relay.addr("in")).await.expect("connect");
+    // One line byte by byte, each write its own segment.
+    stream.set_nodelay(true).expect("nodelay");
+    for byte in b"split across many reads\r\n" {
+        stream.write_all(&[*byte]).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Many lines, CRLF and LF mixed, empty ones between, in one write.
+    stream
+        .write_all(b"merged 1\nmerged 2\r\n\n\r\nmerged 3\n")
+        .await
+        .expect("write");
+    receiver.wait_for(4).await;
+    let stats = relay.stats().await;
+    let connections = &component(&stats, "in")["connections"];
+    assert_eq!(connections["open"], 1, "{connections:#}");
+    assert_eq!(connections["list"][0]["events"], 4, "{connections:#}");
+    assert_eq!(connections["list"][0]["bytes"], 56, "{connections:#}");
+    assert!(
+        connections["list"][0]["peer"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("127.0.0.1:")),
+        "{connections:#}"
+    );
+    // A last line without LF is still an event when the producer closes.
+    stream.write_all(b"unterminated").await.expect("write");
+    stream.shutdown().await.expect("shutdown");
+    receiver.wait_for(5).await;
+    let expected: Vec<&[u8]> = vec![
+        b"split across many reads",
+        b"merged 1",
+        b"merged 2",
+        b"merged 3",
+        b"unterminated",
+    ];
+    assert_eq!(
+        lines.lock().iter().map(|l| &l[..]).collect::<Vec<_>>(),
+        expected
+    );
+    let stats = relay.assert_settled_and_balanced().await;
+    assert_eq!(component(&stats, "in")["received"], 5);
+    assert_eq!(component(&stats, "in")["connections"]["open"], 0);
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overlong_line_in_the_middle_is_counted_and_its_neighbours_survive() {
+    let (receiver, lines) = LineReceiver::collecting().await;
+    let relay = TestRelay::start(&relay_config(
+        &tcp_source("max_frame_bytes = \"1KiB\"\nstrip_prefix = \"vault:\""),
+        &tcp_sink(receiver.addr, ""),
+    ))
+    .await;
+    let mut input = b"vault:before\n".to_vec();
+    input.extend(std::iter::repeat_n(b'z', 10_000));
+    input.extend(b"\nvault:after\nno prefix\n");
+    send_tcp(relay.addr("in"), &input).await;
+    receiver.wait_for(3).await;
+    assert_eq!(
+        lines.lock().clone(),
+        vec![
+            Bytes::from_static(b"before"),
+            Bytes::from_static(b"after"),
+            Bytes::from_static(b"no prefix")
+        ]
+    );
+    let stats = relay.assert_settled_and_balanced().await;
+    let source = component(&stats, "in");
+    assert_eq!(dropped(source, "frame_too_large"), 1);
+    assert_eq!(source["received"], 4);
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_source_replaces_a_stale_socket_file_and_removes_it_on_shutdown() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("in.sock");
+    // A relay that died leaves its socket file behind, with nobody listening.
+    drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
+    assert!(path.exists());
+    let (receiver, lines) = LineReceiver::collecting().await;
+    let relay = TestRelay::start(&relay_config(
+        &format!(
+            "type = \"unix\"\npath = \"{}\"\nmode = \"0600\"",
+            path.display()
+        ),
+        &tcp_sink(receiver.addr, ""),
+    ))
+    .await;
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&path).expect("socket").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let mut stream = UnixStream::connect(&path).await.expect("connect");
+    stream
+        .write_all(b"{\"type\":\"request\"}\n{\"type\":\"response\"}\n")
+        .await
+        .expect("write");
+    receiver.wait_for(2).await;
+    let stats = relay.stats().await;
+    let peer = component(&stats, "in")["connections"]["list"][0]["peer"].clone();
+    assert!(peer.as_str().is_some_and(|p| p.contains("uid")), "{peer}");
+    drop(stream);
+    assert_eq!(
+        lines.lock()[1],
+        Bytes::from_static(b"{\"type\":\"response\"}")
+    );
+    relay.assert_settled_and_balanced().await;
+    relay.shutdown().await;
+    assert!(!path.exists(), "the socket file is removed on shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unix_source_never_deletes_a_file_that_is_not_a_stale_socket() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("precious.log");
+    std::fs::write(&path, b"keep me").expect("write");
+    let text = relay_config(
+        &format!("type = \"unix\"\npath = \"{}\"", path.display()),
+        "[sinks.out]\ntype = \"blackhole\"\ninputs = [\"in\"]",
+    )
+    .replace("{data_dir}", &dir.path().display().to_string());
+    let config = sluice::config::Config::parse(&dir.path().join("s.toml"), &text, [], &|_| None)
+        .expect("config");
+    let error = match sluice::relay::Relay::start(&config).await {
+        Ok(_) => panic!("the relay must refuse a path that is not a socket"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(error.contains("not a socket"), "{error}");
+    assert_eq!(std::fs::read(&path).expect("still there"), b"keep me");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_datagrams_are_one_event_each_and_oversize_ones_are_counted() {
+    let (receiver, lines) = LineReceiver::collecting().await;
+    let relay = TestRelay::start(&relay_config(
+        "type = \"udp\"\nlisten = \"127.0.0.1:0\"\nmax_frame_bytes = \"1KiB\"",
+        &tcp_sink(receiver.addr, ""),
+    ))
+    .await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    socket.connect(relay.addr("in")).await.expect("connect");
+    const N: usize = 500;
+    for i in 0..N {
+        // Vault ends each datagram with LF; others do not. An LF inside stays.
+        let datagram = match i % 3 {
+            0 => format!("{{\"n\":{i}}}\n"),
+            1 => format!("{{\"n\":{i}}}"),
+            _ => format!("{{\"n\":{i},\"multi\":\"a\nb\"}}\r\n"),
+        };
+        socket.send(datagram.as_bytes()).await.expect("send");
+        if i % 50 == 0 {
+            // Stay well inside the kernel's receive buffer: UDP has no flow control.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    socket.send(&[b'x'; 2000]).await.expect("send");
+    socket.send(b"\n").await.expect("send an empty datagram");
+    // The third kind holds an LF, so the TCP receiver sees it as two lines.
+    let expected_lines = N + N / 3;
+    receiver.wait_for(expected_lines as u64).await;
+    let stats = relay
+        .wait_for("the oversize datagram", |s| {
+            dropped(component(s, "in"), "frame_too_large") == 1
+        })
+        .await;
+    assert_eq!(component(&stats, "in")["received"], N as u64 + 1);
+    let lines = lines.lock().clone();
+    assert_eq!(lines[0], Bytes::from_static(b"{\"n\":0}"));
+    assert_eq!(lines[1], Bytes::from_static(b"{\"n\":1}"));
+    relay.assert_settled_and_balanced().await;
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_sink_sends_one_datagram_per_event_and_counts_oversize_events() {
+    let datagrams = DatagramReceiver::start().await;
+    let relay = TestRelay::start(&relay_config(
+        &tcp_source(""),
+        &format!(
+            "[sinks.out]\ntype = \"udp\"\ninputs = [\"in\"]\naddress = \"{}\"\nmax_datagram_bytes = 1000",
+            datagrams.addr
+        ),
+    ))
+    .await;
+    let mut input = Vec::new();
+    for i in 0..100 {
+        writeln!(input, "event {i}").expect("format");
+    }
+    input.extend(std::iter::repeat_n(b'y', 5000));
+    input.extend(b"\nlast\n");
+    send_tcp(relay.addr("in"), &input).await;
+    datagrams.wait_for(101).await;
+    let stats = relay.assert_settled_and_balanced().await;
+    let sink = component(&stats, "out");
+    assert_eq!(dropped(sink, "frame_too_large"), 1, "{sink:#}");
+    assert_eq!(sink["delivered"], 101);
+    let got = datagrams.datagrams.lock().clone();
+    assert_eq!(got[0], Bytes::from_static(b"event 0\n"));
+    assert_eq!(got[100], Bytes::from_static(b"last\n"));
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_peer_going_away_and_coming_back_loses_nothing() {
+    // The memory queue stands in for the disk queue, which does not exist yet.
+    let (receiver, first) = LineReceiver::collecting().await;
+    let relay = TestRelay::start(&relay_config(
+        &tcp_source(""),
+        &tcp_sink(receiver.addr, "queue = { max_events = 100000 }"),
+    ))
+    .await;
+    let source = relay.addr("in");
+    let batch = |from: usize, to: usize| {
+        let mut bytes = Vec::new();
+        for i in from..to {
+            writeln!(bytes, "line {i}").expect("format");
+        }
+        bytes
+    };
+    send_tcp(source, &batch(0, 1000)).await;
+    receiver.wait_for(1000).await;
+    let addr = receiver.stop();
+    // The peer is away: these wait in the queue while the sink retries.
+    send_tcp(source, &batch(1000, 6000)).await;
+    relay
+        .wait_for("failed attempts while the peer is away", |s| {
+            let sink = component(s, "out");
+            sink["queued"].as_u64().unwrap_or(0) + sink["in_flight"].as_u64().unwrap_or(0) == 5000
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let kept: Arc<Mutex<Vec<Bytes>>> = Arc::default();
+    let back = {
+        let kept = kept.clone();
+        LineReceiver::start_on(addr, Arc::new(move |_, line| kept.lock().push(line))).await
+    };
+    back.wait_for(5000).await;
+    let mut all: Vec<Bytes> = first.lock().clone();
+    all.extend(kept.lock().iter().cloned());
+    let expected: Vec<Bytes> = (0..6000)
+        .map(|i| Bytes::from(format!("line {i}")))
+        .collect();
+    assert_eq!(all, expected, "every line exactly once, in order");
+    let stats = relay.assert_settled_and_balanced().await;
+    assert_eq!(component(&stats, "out")["delivered"], 6000);
+    relay.shutdown().await;
+    back.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_garbage_passes_as_lines_and_bad_octet_counts_resync() {
+    let (receiver, lines) = LineReceiver::collecting().await;
+    let relay = TestRelay::start(&relay_config(
+        &tcp_source(""),
+        &format!(
+            "{}\n[sources.syslog]\ntype = \"tcp\"\nlisten = \"127.0.0.1:0\"\nframing = \"octet_counting\"\n",
+            tcp_sink(receiver.addr, "")
+        )
+        .replace("inputs = [\"in\"]", "inputs = [\"in\", \"syslog\"]"),
+    ))
+    .await;
+    // Pseudo-random bytes, NUL and 0xFF included.
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let garbage: Vec<u8> = (0..200_000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect();
+    let expected: Vec<&[u8]> = garbage
+        .split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .filter(|l| !l.is_empty())
+        .collect();
+    send_tcp(relay.addr("in"), &garbage).await;
+    receiver.wait_for(expected.len() as u64).await;
+    {
+        let got = lines.lock();
+        assert_eq!(got.len(), expected.len());
+        assert!(got.iter().zip(&expected).all(|(a, b)| &a[..] == *b));
+    }
+    lines.lock().clear();
+    send_tcp(
+        relay.addr("syslog"),
+        b"11 <13>1 first\xff\x00garbage here\n8 <13>1 ok",
+    )
+    .await;
+    receiver.wait_for(expected.len() as u64 + 2).await;
+    assert_eq!(
+        lines.lock().clone(),
+        vec![
+            Bytes::from_static(b"<13>1 first"),
+            Bytes::from_static(b"<13>1 ok")
+        ]
+    );
+    let stats = relay.assert_settled_and_balanced().await;
+    assert_eq!(dropped(component(&stats, "syslog"), "decode_error"), 1);
+    relay.shutdown().await;
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_mib_line_is_streamed_past_not_buffered() {
+    let (receiver, lines) = LineReceiver::collecting().await;
+    let relay =
+        TestRelay::start(&relay_config(&tcp_source(""), &tcp_sink(receiver.addr, ""))).await;
+    let before = peak_rss_kib();
+    let mut stream = TcpStream::connect(relay.addr("in")).await.expect("connect");
+    stream.write_all(b"before\n").await.expect("write");
+    let chunk = vec![b'L'; 1 << 20];
+    for _ in 0..100 {
+        stream.write_all(&chunk).await.expect("write");
+    }
+    stream.write_all(b"\nafter\n").await.expect("write");
+    stream.shutdown().await.expect("shutdown");
+    receiver.wait_for(2).await;
+    let grown_mib = peak_rss_kib().saturating_sub(before) / 1024;
+    assert_eq!(
+        lines.lock().clone(),
+        vec![Bytes::from_static(b"before"), Bytes::from_static(b"after")]
+    );
+    let stats = relay.assert_settled_and_balanced().await;
+    assert_eq!(dropped(component(&stats, "in"), "frame_too_large"), 1);
+    // Buffering the line whole would take over 100 MiB; other tests share this process.
+    assert!(grown_mib < 64, "peak RSS grew by {grown_mib} MiB");
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_a_line_then_a_stall_is_counted_while_others_are_served() {
+    let (receiver, lines) = LineReceiver::collecting().await;
+    let relay = TestRelay::start(&relay_config(
+        &tcp_source("partial_frame_timeout = \"500ms\""),
+        &tcp_sink(receiver.addr, ""),
+    ))
+    .await;
+    let mut staller = TcpStream::connect(relay.addr("in")).await.expect("connect");
+    staller.write_all(b"{\"half\":").await.expect("write");
+    // Another producer is served at once meanwhile.
+    let mut other = TcpStream::connect(relay.addr("in")).await.expect("connect");
+    for i in 0..10 {
+        other
+            .write_all(format!("other {i}\n").as_bytes())
+            .await
+            .expect("write");
+    }
+    receiver.wait_for(10).await;
+    // The staller's connection is closed by the relay after the timeout.
+    let mut rest = Vec::new();
+    let closed =
+        tokio::time::timeout(Duration::from_secs(10), staller.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the relay closes a stalled connection");
+    let stats = relay.assert_settled_and_balanced().await;
+    assert_eq!(dropped(component(&stats, "in"), "read_timeout"), 1);
+    assert_eq!(lines.lock().len(), 10);
+    // An idle connection with no partial frame stays open (no idle_timeout is set).
+    other.write_all(b"still here\n").await.expect("write");
+    receiver.wait_for(11).await;
+    relay.shutdown().await;
+}
+
+/// Raises the soft open-files limit to the hard one.
+fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+    limit.rlim_cur
+}
+
+/// 10,000 clients open at once against `max_connections = 4000`. Client and relay share this
+/// process, so 10,000 served connections would need 20,000 descriptors plus the rest — more
+/// than this machine's hard limit of 20,000 — hence the cap: the other 6,000 are accepted,
+/// closed and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_connections_at_once_are_served_or_counted() {
+    const CLIENTS: usize = 10_000;
+    const MAX: u64 = 4_000;
+    let limit = raise_fd_limit();
+    assert!(limit >= 16_000, "need 16,000 descriptors, have {limit}");
+    let (receiver, _) = LineReceiver::collecting().await;
+    let relay = TestRelay::start(&relay_config(
+        &tcp_source(&format!("max_connections = {MAX}")),
+        &tcp_sink(receiver.addr, ""),
+    ))
+    .await;
+    let source = relay.addr("in");
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            tokio::spawn(async move {
+                let mut stream = TcpStream::connect(source).await.expect("connect");
+                let _ = stream.write_all(format!("client {i}\n").as_bytes()).await;
+                // Hold the connection open until the test aborts this task.
+                std::future::pending::<()>().await;
+            })
+        })
+        .collect();
+    let stats = relay
+        .wait_for("every connection served or rejected", |s| {
+            let source = component(s, "in");
+            source["delivered"].as_u64().unwrap_or(0)
+                + source["connections_rejected"].as_u64().unwrap_or(0)
+                >= CLIENTS as u64
+        })
+        .await;
+    let counts = component(&stats, "in");
+    assert_eq!(counts["delivered"], MAX, "{counts:#}");
+    assert_eq!(counts["connections"]["open"], MAX);
+    assert_eq!(
+        counts["connections"]["list"].as_array().map(Vec::len),
+        Some(256)
+    );
+    for client in &clients {
+        client.abort();
+    }
+    // The relay still serves a new producer.
+    relay
+        .wait_for("connections to close", |s| {
+            component(s, "in")["connections"]["open"] == 0
+        })
+        .await;
+    send_tcp(source, b"after the storm\n").await;
+    receiver.wait_for(MAX + 1).await;
+    relay.assert_settled_and_balanced().await;
+    relay.shutdown().await;
+}
