@@ -144,7 +144,8 @@ impl Writer {
                     st.writer_idle = false;
                 }
                 let batch = std::mem::take(&mut st.pending);
-                (batch, st.close_requested, st.shutdown)
+                let closing = st.close_requested && !self.shared.progress.borrow().closed;
+                (batch, closing, st.shutdown)
             };
 
             self.write_batch(batch);

@@ -15,7 +15,7 @@ fn disk_queue_is_send_sync_and_cheap_to_clone() {
 #[test]
 fn concurrent_writers_readers_and_acks_lose_nothing_across_a_restart() {
     const WRITERS: u64 = 8;
-    const EACH: u64 = 300;
+    const EACH: u64 = 150;
     const TOTAL: u64 = WRITERS * EACH;
     const LEFT_UNACKED: u64 = 10;
     let rt = tokio::runtime::Builder::new_multi_thread()
