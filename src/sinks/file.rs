@@ -27,6 +27,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -122,6 +123,8 @@ struct Writer {
     file: Option<File>,
     size: u64,
     opened_at: Instant,
+    /// Device and inode of the open file.
+    identity: Option<(u64, u64)>,
     max_size: Option<u64>,
     max_age: Option<Duration>,
     max_backups: usize,
@@ -133,10 +136,11 @@ impl Writer {
         if reopen && self.file.take().is_some() {
             info!(path = %self.path.display(), "Reopening the file (SIGHUP).");
         }
-        if self.file.is_some() && self.due(bytes.len() as u64) {
-            self.rotate()?;
-        }
         if self.file.is_none() {
+            self.open()?;
+        }
+        if self.due(bytes.len() as u64) {
+            self.rotate()?;
             self.open()?;
         }
         let size = self.size;
@@ -152,14 +156,13 @@ impl Writer {
         Ok(())
     }
 
+    /// Whether the file must rotate before `incoming` more bytes; an empty file never does.
     fn due(&self, incoming: u64) -> bool {
-        let full = self
-            .max_size
-            .is_some_and(|max| self.size > 0 && self.size + incoming > max);
+        let full = self.max_size.is_some_and(|max| self.size + incoming > max);
         let old = self
             .max_age
             .is_some_and(|age| self.opened_at.elapsed() >= age);
-        full || old
+        self.size > 0 && (full || old)
     }
 
     fn open(&mut self) -> io::Result<()> {
@@ -170,8 +173,14 @@ impl Writer {
             .create(true)
             .append(true)
             .open(&self.path)?;
-        self.size = file.metadata()?.len();
-        self.opened_at = Instant::now();
+        let metadata = file.metadata()?;
+        self.size = metadata.len();
+        // Reopening the same file (SIGHUP without a move) keeps its age.
+        let identity = (metadata.dev(), metadata.ino());
+        if self.identity != Some(identity) {
+            self.identity = Some(identity);
+            self.opened_at = Instant::now();
+        }
         self.file = Some(file);
         Ok(())
     }
@@ -183,6 +192,8 @@ impl Writer {
         let rotated = backup_path(&self.path, SystemTime::now());
         fs::rename(&self.path, &rotated)?;
         self.size = 0;
+        // The next file is new even if the system reuses the inode number.
+        self.identity = None;
         if self.gzip {
             gzip(&rotated)?;
         }
@@ -285,6 +296,7 @@ impl FileSink {
                 file: None,
                 size: 0,
                 opened_at: Instant::now(),
+                identity: None,
                 max_size: config.max_size.map(|s| s.0),
                 max_age: config.max_age.map(|a| a.0),
                 max_backups: config.max_backups,
