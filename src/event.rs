@@ -12,7 +12,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -119,6 +119,48 @@ pub struct Event {
     /// final answer sends it; if the event is dropped or fans out to no sink that answers, the
     /// sender is dropped and the waiting source falls back to its configured status.
     reply: Mutex<Option<oneshot::Sender<Reply>>>,
+    /// Set when the producer waits until every sink delivered it (`ack = "delivered"`).
+    delivery: Mutex<Option<Arc<DeliveryTracker>>>,
+}
+
+/// One event's progress through the sinks that took it, for a producer that waits until all of
+/// them delivered it. Each sink reports once, delivered or not; the waiter learns the outcome
+/// when the last one has.
+pub struct DeliveryTracker {
+    remaining: AtomicUsize,
+    all_delivered: AtomicBool,
+    done: Mutex<Option<oneshot::Sender<bool>>>,
+}
+
+impl DeliveryTracker {
+    /// A tracker waiting for `sinks` reports; the receiver resolves to whether all delivered.
+    pub fn new(sinks: usize) -> (Arc<Self>, oneshot::Receiver<bool>) {
+        let (tx, rx) = oneshot::channel();
+        let tracker = Arc::new(Self {
+            remaining: AtomicUsize::new(sinks),
+            all_delivered: AtomicBool::new(true),
+            done: Mutex::new(Some(tx)),
+        });
+        if sinks == 0 {
+            tracker.finish();
+        }
+        (tracker, rx)
+    }
+
+    fn report(&self, delivered: bool) {
+        if !delivered {
+            self.all_delivered.store(false, Ordering::SeqCst);
+        }
+        if self.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.finish();
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(tx) = self.done.lock().take() {
+            let _ = tx.send(self.all_delivered.load(Ordering::SeqCst));
+        }
+    }
 }
 
 impl fmt::Debug for Event {
@@ -140,7 +182,25 @@ impl Event {
             payload,
             attributes,
             reply: Mutex::new(None),
+            delivery: Mutex::new(None),
         }
+    }
+
+    /// Asks to be told when every sink that takes this event has finished with it.
+    pub fn track_delivery(&self, tracker: Arc<DeliveryTracker>) {
+        *self.delivery.lock() = Some(tracker);
+    }
+
+    /// A sink has finished with this event: delivered, or given up on (dropped).
+    pub fn finished(&self, delivered: bool) {
+        if let Some(tracker) = self.delivery.lock().as_ref() {
+            tracker.report(delivered);
+        }
+    }
+
+    /// Whether a producer waits on this event (a passthrough answer or its delivery).
+    pub fn has_waiters(&self) -> bool {
+        self.reply.lock().is_some() || self.delivery.lock().is_some()
     }
 
     /// Asks for the destination's answer; the returned receiver resolves when a sink replies

@@ -58,10 +58,12 @@ pub enum DropReason {
     RetriesExhausted,
     /// Arrived while the relay was shutting down.
     ShuttingDown,
+    /// The disk queue could not write or sync it (ENOSPC, EIO): never acknowledged.
+    IoError,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::QueueFull,
         DropReason::FrameTooLarge,
         DropReason::DecodeError,
@@ -70,6 +72,7 @@ impl DropReason {
         DropReason::Rejected,
         DropReason::RetriesExhausted,
         DropReason::ShuttingDown,
+        DropReason::IoError,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -82,6 +85,7 @@ impl DropReason {
             DropReason::Rejected => "rejected",
             DropReason::RetriesExhausted => "retries_exhausted",
             DropReason::ShuttingDown => "shutting_down",
+            DropReason::IoError => "io_error",
         }
     }
 

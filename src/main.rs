@@ -39,7 +39,7 @@ enum Command {
         config: PathBuf,
     },
     /// Measure a scenario of DESIGN.md section 7 (starts this binary as the relay under test).
-    Bench(sluice_bench::BenchArgs),
+    Bench(Box<sluice_bench::BenchArgs>),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -86,8 +86,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(runtime) => match runtime.block_on(sluice_bench::run(args, exe)) {
+            match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => match runtime.block_on(sluice_bench::run(*args, exe)) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("sluice bench: {e:#}");
@@ -147,15 +150,17 @@ async fn run(config: Config) -> ExitCode {
         _ = interrupt.recv() => {}
     }
     info!(timeout = ?config.shutdown_timeout.0, "Shutting down: no longer accepting; delivering what is queued.");
-    let ledger = relay.ledger.clone();
+    let probe = relay.probe();
     tokio::spawn(async move {
         tokio::select! {
             _ = terminate.recv() => {}
             _ = interrupt.recv() => {}
         }
+        let (undelivered, kept_on_disk) = probe.pending();
         warn!(
-            undelivered = ledger.undelivered(),
-            "Second signal: exiting now; events still in memory queues are lost."
+            undelivered,
+            kept_on_disk,
+            "Second signal: exiting now; events still in memory queues are lost, disk queues keep theirs."
         );
         std::process::exit(130);
     });
@@ -163,12 +168,14 @@ async fn run(config: Config) -> ExitCode {
     if report.undelivered == 0 {
         info!(
             undelivered = 0,
-            "Stopped; every accepted event was delivered or counted as dropped."
+            kept_on_disk = report.kept_on_disk,
+            "Stopped; every accepted event was delivered, counted as dropped, or kept on disk."
         );
         ExitCode::SUCCESS
     } else {
         warn!(
             undelivered = report.undelivered,
+            kept_on_disk = report.kept_on_disk,
             "Stopped with events not delivered (lost from memory queues)."
         );
         ExitCode::from(3)

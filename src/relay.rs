@@ -23,7 +23,8 @@ use crate::config::Config;
 use crate::config::SinkConfig;
 use crate::event::IdGenerator;
 use crate::ledger::{ComponentKind, Ledger};
-use crate::queue::{MemoryQueue, QueueKind, SinkQueue};
+use crate::queue::disk::DiskOptions;
+use crate::queue::{DiskQueue, MemoryQueue, QueueKind, SinkQueue};
 use crate::sinks::{self, SinkSettings, driver};
 use crate::sources::{self, Fanout, SourceContext};
 
@@ -43,15 +44,43 @@ pub struct Relay {
     sinks: Vec<(String, Arc<SinkQueue>, JoinHandle<()>)>,
     admin: JoinHandle<()>,
     shutdown_timeout: Duration,
+    probe: Probe,
 }
 
 /// What a shutdown left behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShutdownReport {
-    /// Events accepted but neither delivered nor dropped when the relay stopped.
+    /// Events accepted but neither delivered nor dropped, in memory queues: lost.
     pub undelivered: u64,
-    /// Whether every queue drained within `shutdown_timeout`.
+    /// Events not yet delivered in disk queues: kept for the next start.
+    pub kept_on_disk: u64,
+    /// Whether every sink finished (memory queues drained, disk queues' in-flight batches done)
+    /// within `shutdown_timeout`.
     pub drained: bool,
+}
+
+/// Reads, at any moment, how many accepted events would be lost or kept if the process
+/// stopped now. Cheap to clone; used by the second-signal exit.
+#[derive(Clone)]
+pub struct Probe {
+    ledger: Arc<Ledger>,
+    /// Sink name → whether its queue is durable.
+    durable: BTreeMap<String, bool>,
+}
+
+impl Probe {
+    /// `(lost from memory queues, kept in disk queues)`.
+    pub fn pending(&self) -> (u64, u64) {
+        let (mut lost, mut kept) = (0, 0);
+        for component in self.ledger.stats().components {
+            match self.durable.get(&component.name) {
+                Some(true) => kept += component.queued + component.in_flight,
+                Some(false) => lost += component.queued + component.in_flight,
+                None => {}
+            }
+        }
+        (lost, kept)
+    }
 }
 
 impl Relay {
@@ -77,18 +106,39 @@ impl Relay {
         addresses.insert("admin".to_string(), admin.local_addr);
 
         let mut sinks = Vec::new();
+        let mut durable = BTreeMap::new();
         let mut queues_of: BTreeMap<&str, Vec<Arc<SinkQueue>>> = BTreeMap::new();
         for sink in &config.sinks {
             let component =
                 ledger.component(&sink.name, ComponentKind::Sink, sink.settings.type_name());
             let queue = Arc::new(match sink.queue.kind {
                 QueueKind::Memory => SinkQueue::Memory(MemoryQueue::new(
-                    sink.queue.max_events,
-                    sink.queue.max_bytes.as_usize(),
+                    sink.queue.max_events(),
+                    sink.queue.max_bytes().as_usize(),
                     sink.queue.when_full,
                     component.clone(),
                 )),
+                QueueKind::Disk => {
+                    let dir = config.data_dir.join("queues").join(&sink.name);
+                    let options = DiskOptions {
+                        max_bytes: sink.queue.max_bytes().0,
+                        max_record_bytes: u32::try_from(sink.queue.max_event_bytes().0)
+                            .unwrap_or(u32::MAX),
+                        sync: sink.queue.sync().policy(),
+                    };
+                    let queue =
+                        DiskQueue::open(&dir, options, sink.queue.when_full, component.clone())
+                            .with_context(|| {
+                                format!(
+                                    "sinks.{}.queue: cannot open the disk queue in {}",
+                                    sink.name,
+                                    dir.display()
+                                )
+                            })?;
+                    SinkQueue::Disk(queue)
+                }
             });
+            durable.insert(sink.name.clone(), queue.is_durable());
             for input in &sink.inputs {
                 queues_of
                     .entry(input.as_str())
@@ -129,6 +179,7 @@ impl Relay {
 
         ready.set(true);
         info!(node = %format!("{node:08x}"), sources = sources.len(), sinks = sinks.len(), admin = %admin.local_addr, "Sluice is ready.");
+        let probe_ledger = ledger.clone();
         Ok(Relay {
             ledger,
             addresses,
@@ -140,6 +191,10 @@ impl Relay {
             sinks,
             admin: admin.task,
             shutdown_timeout: config.shutdown_timeout.0,
+            probe: Probe {
+                ledger: probe_ledger,
+                durable,
+            },
         })
     }
 
@@ -152,7 +207,7 @@ impl Relay {
             let _ = tokio::time::timeout_at(deadline, task).await;
         }
         for (_, queue, _) in &self.sinks {
-            queue.close();
+            queue.close().await;
         }
         let mut drained = true;
         for (name, _, task) in self.sinks {
@@ -161,13 +216,18 @@ impl Relay {
                 drained = false;
             }
         }
-        let undelivered = self.ledger.undelivered();
+        let (undelivered, kept_on_disk) = self.probe.pending();
         self.stop_admin.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(1), self.admin).await;
         ShutdownReport {
             undelivered,
+            kept_on_disk,
             drained,
         }
+    }
+
+    pub fn probe(&self) -> Probe {
+        self.probe.clone()
     }
 }
 

@@ -52,7 +52,7 @@ fn errors(text: &str) -> String {
 fn a_good_file_loads_with_units_read() {
     let config = parse_with(GOOD, &[]).expect("valid");
     let sink = &config.sinks[0];
-    assert_eq!(sink.queue.max_bytes.0, 10 << 30);
+    assert_eq!(sink.queue.max_bytes().0, 10 << 30);
     assert_eq!(sink.delivery.retry.max_backoff.0.as_secs(), 300);
     assert_eq!(sink.delivery.concurrency, 64, "http_forward's default");
     let SinkSettings::HttpForward(forward) = &sink.settings else {

@@ -14,7 +14,8 @@ struct Process {
     child: Child,
     admin: String,
     api: String,
-    _dir: tempfile::TempDir,
+    /// The data directory when the process owns it (dropped with the process).
+    _dir: Option<tempfile::TempDir>,
 }
 
 fn free_port() -> u16 {
@@ -24,8 +25,23 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-async fn start_binary(upstream: &str, shutdown_timeout: &str) -> Process {
+const MEMORY: &str = "queue = { type = \"memory\" }";
+const DISK: &str = "queue = { type = \"disk\" }";
+
+async fn start_binary(upstream: &str, shutdown_timeout: &str, queue: &str) -> Process {
     let dir = tempfile::tempdir().expect("temp dir");
+    let mut process = start_binary_in(dir.path(), upstream, shutdown_timeout, queue).await;
+    process._dir = Some(dir);
+    process
+}
+
+/// Starts the binary with its config and data under `dir`, which outlives the process.
+async fn start_binary_in(
+    dir: &std::path::Path,
+    upstream: &str,
+    shutdown_timeout: &str,
+    queue: &str,
+) -> Process {
     let (admin, api) = (free_port(), free_port());
     let config = format!(
         r#"
@@ -42,10 +58,11 @@ inputs = ["api"]
 url = "{upstream}"
 concurrency = 4
 retry = {{ initial_backoff = "10ms", max_backoff = "50ms" }}
+{queue}
 "#,
-        data = dir.path().join("data").display()
+        data = dir.join("data").display()
     );
-    let path = dir.path().join("sluice.toml");
+    let path = dir.join("sluice.toml");
     std::fs::write(&path, config).expect("write config");
     let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["run", "-c"])
@@ -59,7 +76,7 @@ retry = {{ initial_backoff = "10ms", max_backoff = "50ms" }}
         child,
         admin: format!("http://127.0.0.1:{admin}"),
         api: format!("http://127.0.0.1:{api}"),
-        _dir: dir,
+        _dir: None,
     };
     let http = client();
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -102,7 +119,7 @@ async fn sigterm_stops_accepting_and_delivers_everything_queued() {
         delay: Duration::from_millis(20),
         ..Behaviour::default()
     });
-    let process = start_binary(&upstream.url(), "20s").await;
+    let process = start_binary(&upstream.url(), "20s", MEMORY).await;
     let http = client();
     const N: usize = 200;
     for i in 0..N {
@@ -148,7 +165,7 @@ async fn sigterm_stops_accepting_and_delivers_everything_queued() {
 async fn a_second_signal_exits_at_once_and_reports_what_is_left() {
     let upstream = Upstream::start().await;
     let address = upstream.stop();
-    let process = start_binary(&format!("http://{address}"), "60s").await;
+    let process = start_binary(&format!("http://{address}"), "60s", MEMORY).await;
     let http = client();
     for i in 0..10 {
         http.post(format!("{}/e/{i}", process.api))
@@ -180,7 +197,7 @@ async fn a_second_signal_exits_at_once_and_reports_what_is_left() {
 async fn the_shutdown_timeout_bounds_the_drain_and_the_loss_is_reported() {
     let upstream = Upstream::start().await;
     let address = upstream.stop();
-    let process = start_binary(&format!("http://{address}"), "500ms").await;
+    let process = start_binary(&format!("http://{address}"), "500ms", MEMORY).await;
     let http = client();
     for i in 0..7 {
         http.post(format!("{}/e/{i}", process.api))
@@ -213,4 +230,72 @@ async fn the_shutdown_timeout_bounds_the_drain_and_the_loss_is_reported() {
             .is_some_and(|l| l.contains("undelivered=7")),
         "{log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_disk_queue_sigterm_keeps_the_backlog_and_a_restart_delivers_it() {
+    let upstream = Upstream::start().await;
+    let address = upstream.stop();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let process = start_binary_in(dir.path(), &format!("http://{address}"), "500ms", DISK).await;
+    let http = client();
+    for i in 0..25 {
+        let response = http
+            .post(format!("{}/e/{i}", process.api))
+            .body(i.to_string())
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(
+            response.status(),
+            StatusCode::ACCEPTED,
+            "acknowledged once synced to disk"
+        );
+    }
+    signal(&process.child, libc::SIGTERM);
+    let (code, log) = tokio::task::spawn_blocking(move || wait_exit(process))
+        .await
+        .expect("task");
+    assert_eq!(
+        code,
+        Some(0),
+        "nothing lost: the backlog is on disk; log:\n{log}"
+    );
+    let last = log.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("undelivered=0") && last.contains("kept_on_disk=25"),
+        "{log}"
+    );
+
+    let upstream = Upstream::start_on(address).await;
+    let process = start_binary_in(dir.path(), &upstream.url(), "5s", DISK).await;
+    upstream.wait_for(25).await;
+    let mut bodies: Vec<u32> = upstream
+        .received
+        .lock()
+        .iter()
+        .map(|r| {
+            std::str::from_utf8(&r.body)
+                .expect("utf8")
+                .parse()
+                .expect("n")
+        })
+        .collect();
+    bodies.sort_unstable();
+    bodies.dedup();
+    assert_eq!(
+        bodies,
+        (0..25).collect::<Vec<_>>(),
+        "every acknowledged event arrives after the restart"
+    );
+    let replayed = upstream.received.lock()[0].path_and_query.clone();
+    assert!(
+        replayed.starts_with("/e/"),
+        "the original request is replayed: {replayed}"
+    );
+    signal(&process.child, libc::SIGTERM);
+    let (code, _) = tokio::task::spawn_blocking(move || wait_exit(process))
+        .await
+        .expect("task");
+    assert_eq!(code, Some(0));
 }

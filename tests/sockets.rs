@@ -54,7 +54,7 @@ async fn a_million_lines_over_four_connections_arrive_once_and_in_order() {
         &tcp_source(""),
         &tcp_sink(
             receiver.addr,
-            "queue = { max_events = 20000, when_full = \"block\" }",
+            "queue = { type = \"memory\", max_events = 20000, when_full = \"block\" }",
         ),
     ))
     .await;
@@ -315,7 +315,10 @@ async fn the_sink_peer_going_away_and_coming_back_loses_nothing() {
     let (receiver, first) = LineReceiver::collecting().await;
     let relay = TestRelay::start(&relay_config(
         &tcp_source(""),
-        &tcp_sink(receiver.addr, "queue = { max_events = 100000 }"),
+        &tcp_sink(
+            receiver.addr,
+            "queue = { type = \"memory\", max_events = 100000 }",
+        ),
     ))
     .await;
     let source = relay.addr("in");

@@ -101,6 +101,7 @@ impl MemoryQueue {
                                 self.ledger.queued_events.dec();
                                 self.ledger.queued_bytes.dec_by(old_size as i64);
                                 self.ledger.dropped(DropReason::QueueFull, 1);
+                                old.finished(false);
                             }
                         }
                     }

@@ -3,10 +3,14 @@
 //! A source never waits on a sink, only, at most, on the queue's policy for a full queue:
 //! `block` (the source waits up to its `accept_timeout`, then the event is refused and counted
 //! `queue_full`), `drop_newest` (the incoming event is refused and counted) or `drop_oldest`
-//! (the oldest queued events are evicted and counted to make room). Every queue kind hands out
-//! events in batches to its sink's delivery driver and is told when a batch is finished
-//! ([`SinkQueue::finish`]), so durable kinds can acknowledge it.
+//! (memory only: the oldest queued events are evicted and counted to make room). Every queue
+//! kind hands out events in batches to its sink's delivery driver and is told when a batch is
+//! finished ([`SinkQueue::finish`]), so the disk queue can acknowledge it.
+//!
+//! Kinds: `disk` (the default: [`disk`], durable across crashes) and `memory` ([`memory`]).
 
+pub mod codec;
+pub mod disk;
 pub mod memory;
 
 use std::sync::Arc;
@@ -18,7 +22,9 @@ use tokio::time::Instant;
 use crate::config::error::{ConfigError, Locator};
 use crate::config::{ByteSize, HumanDuration};
 use crate::event::Event;
+pub use disk::DiskQueue;
 pub use memory::MemoryQueue;
+pub use sluice_diskq::Seq;
 
 /// What a full queue does with one more event.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -29,52 +35,163 @@ pub enum WhenFull {
     Block,
     /// The incoming event is dropped and counted.
     DropNewest,
-    /// The oldest queued events are dropped and counted to make room.
+    /// The oldest queued events are dropped and counted to make room (memory queues only).
     DropOldest,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum QueueKind {
-    #[default]
     Memory,
+    /// The durable segment log in `data_dir/queues/<sink>/`: the default.
+    #[default]
+    Disk,
 }
 
+/// When a disk queue's writes become durable: `"always"` (fsync before the ack; the default),
+/// `"never"` (the OS decides: survives a crash of the process, not of the machine), or
+/// `{ every = "100ms" }`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SyncSetting {
+    #[default]
+    Always,
+    Never,
+    Every(HumanDuration),
+}
+
+impl<'de> Deserialize<'de> for SyncSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Name(String),
+            Every { every: HumanDuration },
+        }
+        const EXPECTED: &str = "expected \"always\", \"never\" or { every = \"100ms\" }";
+        match Raw::deserialize(deserializer).map_err(|_| serde::de::Error::custom(EXPECTED))? {
+            Raw::Name(name) if name == "always" => Ok(SyncSetting::Always),
+            Raw::Name(name) if name == "never" => Ok(SyncSetting::Never),
+            Raw::Name(name) => Err(serde::de::Error::custom(format!(
+                "{EXPECTED}, found {name:?}"
+            ))),
+            Raw::Every { every } => Ok(SyncSetting::Every(every)),
+        }
+    }
+}
+
+impl SyncSetting {
+    pub fn policy(self) -> sluice_diskq::SyncPolicy {
+        match self {
+            SyncSetting::Always => sluice_diskq::SyncPolicy::Always,
+            SyncSetting::Never => sluice_diskq::SyncPolicy::Never,
+            SyncSetting::Every(every) => sluice_diskq::SyncPolicy::Every(every.0),
+        }
+    }
+}
+
+/// `queue = { type = "disk", max_bytes = "10GiB", when_full = "block", sync = "always" }` or
 /// `queue = { type = "memory", max_events = 100000, max_bytes = "256MiB", when_full = "block" }`
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
     #[serde(rename = "type", default)]
     pub kind: QueueKind,
-    #[serde(default = "QueueConfig::default_max_events")]
-    pub max_events: usize,
-    #[serde(default = "QueueConfig::default_max_bytes")]
-    pub max_bytes: ByteSize,
+    /// Memory queues only: events held at most (default 100000).
+    #[serde(default)]
+    pub max_events: Option<usize>,
+    /// Bytes held at most (default 256MiB in memory, 10GiB on disk).
+    #[serde(default)]
+    pub max_bytes: Option<ByteSize>,
     #[serde(default)]
     pub when_full: WhenFull,
+    /// Disk queues only.
+    #[serde(default)]
+    pub sync: Option<SyncSetting>,
+    /// Disk queues only: the largest event accepted (default 16MiB).
+    #[serde(default)]
+    pub max_event_bytes: Option<ByteSize>,
 }
 
 impl QueueConfig {
-    fn default_max_events() -> usize {
-        100_000
+    pub fn max_events(&self) -> usize {
+        self.max_events.unwrap_or(100_000)
     }
-    fn default_max_bytes() -> ByteSize {
-        ByteSize::mib(256)
+
+    pub fn max_bytes(&self) -> ByteSize {
+        self.max_bytes.unwrap_or(match self.kind {
+            QueueKind::Memory => ByteSize::mib(256),
+            QueueKind::Disk => ByteSize::gib(10),
+        })
+    }
+
+    pub fn sync(&self) -> SyncSetting {
+        self.sync.unwrap_or_default()
+    }
+
+    pub fn max_event_bytes(&self) -> ByteSize {
+        self.max_event_bytes.unwrap_or(ByteSize::mib(16))
     }
 
     pub fn validate(&self, prefix: &str, locator: &Locator) -> Vec<ConfigError> {
         let mut errors = Vec::new();
-        if self.max_events == 0 {
+        if self.max_events == Some(0) {
             errors.push(locator.error(
                 &format!("{prefix}.max_events"),
                 "expected at least 1, found 0",
             ));
         }
-        if self.max_bytes.0 == 0 {
+        if self.max_bytes.is_some_and(|b| b.0 == 0) {
             errors.push(locator.error(
                 &format!("{prefix}.max_bytes"),
                 "expected at least 1 byte, found 0",
             ));
+        }
+        match self.kind {
+            QueueKind::Memory => {
+                for (key, set) in [
+                    ("sync", self.sync.is_some()),
+                    ("max_event_bytes", self.max_event_bytes.is_some()),
+                ] {
+                    if set {
+                        errors.push(locator.error_with_hint(
+                            &format!("{prefix}.{key}"),
+                            format!("`{key}` applies to disk queues, and this one is in memory"),
+                            "remove it, or set type = \"disk\"",
+                        ));
+                    }
+                }
+            }
+            QueueKind::Disk => {
+                if self.max_events.is_some() {
+                    errors.push(locator.error_with_hint(
+                        &format!("{prefix}.max_events"),
+                        "a disk queue is bounded by max_bytes, not by a number of events",
+                        "remove max_events, or set type = \"memory\"",
+                    ));
+                }
+                if self.when_full == WhenFull::DropOldest {
+                    errors.push(locator.error_with_hint(
+                        &format!("{prefix}.when_full"),
+                        "a disk queue never drops what it already holds (drop_oldest)",
+                        "use \"block\" (backpressure) or \"drop_newest\"",
+                    ));
+                }
+                if self.max_bytes.is_some_and(|b| b.0 < 1 << 20) {
+                    errors.push(locator.error(
+                        &format!("{prefix}.max_bytes"),
+                        "expected at least 1MiB for a disk queue",
+                    ));
+                }
+                if self
+                    .max_event_bytes
+                    .is_some_and(|b| b.0 == 0 || b.0 > 256 << 20)
+                {
+                    errors.push(locator.error(
+                        &format!("{prefix}.max_event_bytes"),
+                        "expected 1 byte to 256MiB",
+                    ));
+                }
+            }
         }
         errors
     }
@@ -83,10 +200,12 @@ impl QueueConfig {
 impl Default for QueueConfig {
     fn default() -> Self {
         Self {
-            kind: QueueKind::Memory,
-            max_events: Self::default_max_events(),
-            max_bytes: Self::default_max_bytes(),
+            kind: QueueKind::Disk,
+            max_events: None,
+            max_bytes: None,
             when_full: WhenFull::Block,
+            sync: None,
+            max_event_bytes: None,
         }
     }
 }
@@ -175,11 +294,17 @@ pub enum PushError {
     Full,
     #[error("the queue is closed: the relay is shutting down")]
     Closed,
+    #[error("the event is larger than the queue takes")]
+    TooLarge,
+    #[error("the disk queue cannot write")]
+    Io,
 }
 
 /// Events handed to a sink's driver together.
 pub struct Batch {
     pub events: Vec<Arc<Event>>,
+    /// Disk queues: the record of each event, acknowledged when the batch is finished.
+    pub seqs: Vec<Seq>,
 }
 
 impl Batch {
@@ -191,45 +316,80 @@ impl Batch {
     }
 }
 
+/// What a queue promised when it took an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accepted {
+    /// Held in memory.
+    InMemory,
+    /// Appended to the disk queue as record `seq`; durable once [`SinkQueue::wait_durable`] says so.
+    OnDisk(Seq),
+}
+
 /// The queue a sink owns, whatever its kind.
 pub enum SinkQueue {
     Memory(MemoryQueue),
+    Disk(DiskQueue),
 }
 
 impl SinkQueue {
     /// Offers one event; waits for room until `deadline` when the policy is `block`.
-    pub async fn push(&self, event: Arc<Event>, deadline: Instant) -> Result<(), PushError> {
+    pub async fn push(&self, event: Arc<Event>, deadline: Instant) -> Result<Accepted, PushError> {
         match self {
-            SinkQueue::Memory(q) => q.push(event, deadline).await,
+            SinkQueue::Memory(q) => q.push(event, deadline).await.map(|()| Accepted::InMemory),
+            SinkQueue::Disk(q) => q.push(event, deadline).await.map(Accepted::OnDisk),
         }
     }
 
-    /// The next batch; empty only once the queue is closed and drained.
+    /// Resolves once what `accepted` promised survives a crash (per the disk queue's sync
+    /// policy); at once for memory, which promises nothing of the kind.
+    pub async fn wait_durable(&self, accepted: Accepted) -> Result<(), PushError> {
+        match (self, accepted) {
+            (SinkQueue::Disk(q), Accepted::OnDisk(seq)) => q.wait_durable(seq).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// The next batch; empty only once the queue is closed and drained (memory) or closed
+    /// (disk: what is left stays on disk).
     pub async fn next_batch(&self, limits: BatchLimits) -> Batch {
         match self {
             SinkQueue::Memory(q) => Batch {
                 events: q.pop_batch(limits).await,
+                seqs: Vec::new(),
             },
+            SinkQueue::Disk(q) => {
+                let (events, seqs) = q.next_batch(limits).await;
+                Batch { events, seqs }
+            }
         }
     }
 
     /// The batch is done with (delivered, dropped or dead-lettered): durable kinds forget it.
-    pub fn finish(&self, _batch: &Batch) {
+    pub fn finish(&self, batch: &Batch) {
         match self {
             SinkQueue::Memory(_) => {}
+            SinkQueue::Disk(q) => q.finish(&batch.seqs),
         }
     }
 
-    /// Refuses new events; the driver drains what is left.
-    pub fn close(&self) {
+    /// Refuses new events. A memory queue is then drained by its driver; a disk queue syncs,
+    /// checkpoints, and hands out nothing more.
+    pub async fn close(&self) {
         match self {
             SinkQueue::Memory(q) => q.close(),
+            SinkQueue::Disk(q) => q.close().await,
         }
+    }
+
+    /// Whether events survive a restart.
+    pub fn is_durable(&self) -> bool {
+        matches!(self, SinkQueue::Disk(_))
     }
 
     pub fn len(&self) -> usize {
         match self {
             SinkQueue::Memory(q) => q.len(),
+            SinkQueue::Disk(q) => q.len(),
         }
     }
 

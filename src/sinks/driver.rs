@@ -118,6 +118,9 @@ async fn deliver<S: Sink>(shared: &Shared<S>, batch: Batch) {
         events -= left_out;
     }
     if events == 0 {
+        for event in &batch.events {
+            event.finished(false);
+        }
         shared.queue.finish(&batch);
         return;
     }
@@ -174,5 +177,8 @@ fn settle<S: Sink>(shared: &Shared<S>, batch: &Batch, events: u64, dropped: Opti
         Some(reason) => shared.ledger.dropped(reason, events),
     }
     shared.ledger.in_flight.dec_by(events as i64);
+    for event in &batch.events {
+        event.finished(dropped.is_none());
+    }
     shared.queue.finish(batch);
 }

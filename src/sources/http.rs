@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tracing::info;
 
 use super::rate_meter::RateMeter;
-use super::{Fanout, RunningSource, SourceContext};
+use super::{AckPoint, Acked, Fanout, RunningSource, SourceContext};
 use crate::config::error::{ConfigError, Locator};
 use crate::config::{ByteSize, HumanDuration};
 use crate::event::{Attributes, Event, HttpRequest, IdGenerator};
@@ -60,6 +60,13 @@ pub struct HttpSourceConfig {
     pub passthrough_below_rate: u32,
     #[serde(default = "defaults::passthrough_timeout")]
     pub passthrough_timeout: HumanDuration,
+    /// When the caller is answered: `received`, `durable` (the default when a sink's queue is
+    /// on disk) or `delivered`.
+    #[serde(default)]
+    pub ack: Option<AckPoint>,
+    /// With `ack = "delivered"`: how long to wait before answering 504 (the event stays queued).
+    #[serde(default = "defaults::delivered_timeout")]
+    pub delivered_timeout: HumanDuration,
 }
 
 mod defaults {
@@ -81,6 +88,9 @@ mod defaults {
     }
     pub fn max_connections() -> usize {
         10_000
+    }
+    pub fn delivered_timeout() -> HumanDuration {
+        HumanDuration::from_secs(30)
     }
     pub fn passthrough_timeout() -> HumanDuration {
         HumanDuration::from_secs(30)
@@ -136,6 +146,7 @@ struct HttpSource {
     ledger: Arc<ComponentLedger>,
     ids: Arc<IdGenerator>,
     meter: RateMeter,
+    ack: AckPoint,
 }
 
 pub async fn start(
@@ -155,6 +166,11 @@ pub async fn start(
         header_read_timeout: config.header_read_timeout.0,
         grace: context.grace,
     };
+    let ack = config.ack.unwrap_or(if context.fanout.any_durable() {
+        AckPoint::Durable
+    } else {
+        AckPoint::Received
+    });
     let source = Arc::new(HttpSource {
         name: context.name,
         status: StatusCode::from_u16(config.response_status).unwrap_or(StatusCode::ACCEPTED),
@@ -167,6 +183,7 @@ pub async fn start(
         ledger: context.ledger,
         ids: context.ids,
         meter: RateMeter::default(),
+        ack,
     });
     let task = tokio::spawn(http_server::serve(
         listener,
@@ -292,29 +309,56 @@ impl HttpSource {
         let reply = passthrough.then(|| event.want_reply());
 
         self.ledger.in_flight.inc();
+        let deadline = Instant::now() + self.config.accept_timeout.0;
         let pushed = self
             .fanout
-            .push(
+            .push_acked(
                 Arc::new(event),
-                Instant::now() + self.config.accept_timeout.0,
+                deadline,
+                self.ack,
+                self.config.delivered_timeout.0,
             )
             .await;
         match pushed {
-            Ok(()) => {
+            Ok(_) => {
                 self.ledger.delivered.inc();
             }
             Err(reason) => self.ledger.dropped(reason, 1),
         }
         self.ledger.in_flight.dec();
-        if let Err(reason) = pushed {
-            let mut response = respond(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "queue full, try again later\n",
-            );
-            if reason == DropReason::QueueFull {
+        let refusal = match pushed {
+            Ok(Acked::Yes) => None,
+            Ok(Acked::TimedOut) => Some(respond(
+                StatusCode::GATEWAY_TIMEOUT,
+                "not delivered in time; still queued\n",
+            )),
+            Ok(Acked::Undeliverable) => Some(respond(
+                StatusCode::BAD_GATEWAY,
+                "a destination refused it or is out of retries\n",
+            )),
+            Err(DropReason::QueueFull) => {
+                let mut response = respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "queue full, try again later\n",
+                );
                 response
                     .headers_mut()
                     .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                Some(response)
+            }
+            Err(DropReason::FrameTooLarge) => Some(respond(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "larger than the queue takes\n",
+            )),
+            Err(DropReason::IoError) => Some(respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot store the event; not accepted\n",
+            )),
+            Err(_) => Some(respond(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")),
+        };
+        if let Some(mut response) = refusal {
+            if let Ok(value) = HeaderValue::try_from(id.to_string()) {
+                response.headers_mut().insert(EVENT_ID_HEADER, value);
             }
             return response;
         }

@@ -24,7 +24,7 @@ use toml::Table;
 
 use crate::config::error::{ConfigError, Locator};
 use crate::config::typed::parse_table;
-use crate::event::{Event, IdGenerator};
+use crate::event::{DeliveryTracker, Event, IdGenerator};
 use crate::ledger::{ComponentLedger, DropReason};
 use crate::queue::{PushError, SinkQueue};
 
@@ -102,17 +102,88 @@ impl Fanout {
     /// refused it; queues that took it keep it (delivery is at-least-once: a producer that sends
     /// again after a refusal may duplicate it there).
     pub async fn push(&self, event: Arc<Event>, deadline: Instant) -> Result<(), DropReason> {
+        self.push_acked(event, deadline, AckPoint::Received, Duration::ZERO)
+            .await
+            .map(|_| ())
+    }
+
+    /// Like [`Fanout::push`], returning only at the ack point: `received` once every queue took
+    /// the event; `durable` once every disk queue also synced it (a write or sync error fails it
+    /// as `io_error`: it is never acknowledged); `delivered` once every sink delivered it, or
+    /// gave up on it, or `delivered_timeout` passed (the event stays queued).
+    pub async fn push_acked(
+        &self,
+        event: Arc<Event>,
+        deadline: Instant,
+        ack: AckPoint,
+        delivered_timeout: Duration,
+    ) -> Result<Acked, DropReason> {
+        let delivered = (ack == AckPoint::Delivered).then(|| {
+            let (tracker, done) = DeliveryTracker::new(self.queues.len());
+            event.track_delivery(tracker);
+            done
+        });
+        let mut accepted = Vec::with_capacity(self.queues.len());
         let mut result = Ok(());
         for queue in &self.queues {
-            if let Err(error) = queue.push(event.clone(), deadline).await {
-                result = Err(match error {
-                    PushError::Full => DropReason::QueueFull,
-                    PushError::Closed => DropReason::ShuttingDown,
-                });
+            match queue.push(event.clone(), deadline).await {
+                Ok(promise) => accepted.push((queue, promise)),
+                Err(error) => result = Err(drop_reason(error)),
             }
         }
-        result
+        result?;
+        if ack != AckPoint::Received {
+            for (queue, promise) in accepted {
+                queue.wait_durable(promise).await.map_err(drop_reason)?;
+            }
+        }
+        if let Some(done) = delivered {
+            return Ok(match tokio::time::timeout(delivered_timeout, done).await {
+                Ok(Ok(true)) => Acked::Yes,
+                Ok(_) => Acked::Undeliverable,
+                Err(_) => Acked::TimedOut,
+            });
+        }
+        Ok(Acked::Yes)
     }
+
+    /// Whether any queue this source feeds is durable (so `durable` acks mean something).
+    pub fn any_durable(&self) -> bool {
+        self.queues.iter().any(|q| q.is_durable())
+    }
+}
+
+fn drop_reason(error: PushError) -> DropReason {
+    match error {
+        PushError::Full => DropReason::QueueFull,
+        PushError::Closed => DropReason::ShuttingDown,
+        PushError::TooLarge => DropReason::FrameTooLarge,
+        PushError::Io => DropReason::IoError,
+    }
+}
+
+/// How an accepted event's ack point ended. The source handed the event on in every case: the
+/// sinks' ledgers account for what happens next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acked {
+    Yes,
+    /// `delivered`: a sink gave up on it (rejected, or out of retries).
+    Undeliverable,
+    /// `delivered`: not delivered in time; it is still queued.
+    TimedOut,
+}
+
+/// When a source tells its producer an event is accepted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckPoint {
+    /// In every queue (memory or disk), not necessarily synced.
+    Received,
+    /// Synced to every disk queue it went to (the default when the source feeds a disk queue).
+    #[default]
+    Durable,
+    /// Delivered by every sink that took it.
+    Delivered,
 }
 
 /// What every source gets to run.

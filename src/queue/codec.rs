@@ -1,0 +1,289 @@
+//! How an event is written into a disk-queue record, and read back.
+//!
+//! The disk queue stores opaque records; this is the layout of one event inside one
+//! (little-endian throughout):
+//!
+//! | field          | size            | meaning                                               |
+//! | -------------- | --------------- | ----------------------------------------------------- |
+//! | version        | 1               | `1`                                                   |
+//! | flags          | 1               | bit 0: peer address follows; bit 1: HTTP request follows |
+//! | node           | 4               | event id, node part                                   |
+//! | seq            | 8               | event id, sequence part                               |
+//! | received_at    | 8               | nanoseconds since the Unix epoch                      |
+//! | source         | 2 + n           | the source's name                                     |
+//! | peer           | 1 + 4/16 + 2    | family (4 or 6), address, port — if flagged           |
+//! | http           | see below       | if flagged                                            |
+//! | payload        | 4 + n           | the event's bytes                                     |
+//!
+//! HTTP: method (1 + n), path and query (4 + n), header count (2), then per header name
+//! (2 + n) and value (4 + n).
+//!
+//! Decoding checks every length against the bytes that are there before slicing, never
+//! allocates from a length it has not checked, and fails with [`DecodeError`] on a short,
+//! overlong or malformed record; the caller counts it as a `decode_error` drop. The payload of
+//! a decoded event is a slice of the record, not a copy.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+
+use crate::event::{Attributes, Event, EventId, HttpRequest};
+
+const VERSION: u8 = 1;
+const HAS_PEER: u8 = 1;
+const HAS_HTTP: u8 = 2;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("corrupt event record: {0}")]
+pub struct DecodeError(&'static str);
+
+/// Writes `event` as one record.
+pub fn encode(event: &Event) -> BytesMut {
+    let mut out = BytesMut::with_capacity(event.size() + 64);
+    let mut flags = 0;
+    let peer = match &event.attributes {
+        Attributes::Peer(peer) => Some(*peer),
+        Attributes::Http(request) => request.peer,
+        Attributes::None => None,
+    };
+    if peer.is_some() {
+        flags |= HAS_PEER;
+    }
+    if event.http().is_some() {
+        flags |= HAS_HTTP;
+    }
+    out.put_u8(VERSION);
+    out.put_u8(flags);
+    out.put_u32_le(event.id.node);
+    out.put_u64_le(event.id.seq);
+    let received = event
+        .received_at
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    out.put_u64_le(u64::try_from(received.as_nanos()).unwrap_or(u64::MAX));
+    put_short(&mut out, event.source.as_bytes());
+    if let Some(peer) = peer {
+        match peer.ip() {
+            IpAddr::V4(ip) => {
+                out.put_u8(4);
+                out.put_slice(&ip.octets());
+            }
+            IpAddr::V6(ip) => {
+                out.put_u8(6);
+                out.put_slice(&ip.octets());
+            }
+        }
+        out.put_u16_le(peer.port());
+    }
+    if let Some(request) = event.http() {
+        let method = request.method.as_str().as_bytes();
+        out.put_u8(u8::try_from(method.len()).unwrap_or(0));
+        out.put_slice(&method[..method.len().min(255)]);
+        put_long(&mut out, request.uri.to_string().as_bytes());
+        let headers = request.headers.len().min(u16::MAX as usize);
+        out.put_u16_le(headers as u16);
+        for (name, value) in request.headers.iter().take(headers) {
+            put_short(&mut out, name.as_str().as_bytes());
+            put_long(&mut out, value.as_bytes());
+        }
+    }
+    put_long(&mut out, &event.payload);
+    out
+}
+
+fn put_short(out: &mut BytesMut, bytes: &[u8]) {
+    let len = bytes.len().min(u16::MAX as usize);
+    out.put_u16_le(len as u16);
+    out.put_slice(&bytes[..len]);
+}
+
+fn put_long(out: &mut BytesMut, bytes: &[u8]) {
+    out.put_u32_le(bytes.len() as u32);
+    out.put_slice(bytes);
+}
+
+/// Bounds-checked reads from a record.
+struct Reader(Bytes);
+
+impl Reader {
+    fn need(&self, n: usize, what: &'static str) -> Result<(), DecodeError> {
+        if self.0.remaining() < n {
+            Err(DecodeError(what))
+        } else {
+            Ok(())
+        }
+    }
+    fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
+        self.need(1, what)?;
+        Ok(self.0.get_u8())
+    }
+    fn u16(&mut self, what: &'static str) -> Result<u16, DecodeError> {
+        self.need(2, what)?;
+        Ok(self.0.get_u16_le())
+    }
+    fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
+        self.need(4, what)?;
+        Ok(self.0.get_u32_le())
+    }
+    fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
+        self.need(8, what)?;
+        Ok(self.0.get_u64_le())
+    }
+    fn bytes(&mut self, n: usize, what: &'static str) -> Result<Bytes, DecodeError> {
+        self.need(n, what)?;
+        Ok(self.0.split_to(n))
+    }
+    fn short(&mut self, what: &'static str) -> Result<Bytes, DecodeError> {
+        let n = self.u16(what)? as usize;
+        self.bytes(n, what)
+    }
+    fn long(&mut self, what: &'static str) -> Result<Bytes, DecodeError> {
+        let n = self.u32(what)? as usize;
+        self.bytes(n, what)
+    }
+}
+
+/// Reads an event back; `source` resolves a source name to the shared name (so a million
+/// recovered events do not hold a million copies of it).
+pub fn decode(record: Bytes, source: &dyn Fn(&[u8]) -> Arc<str>) -> Result<Event, DecodeError> {
+    let mut r = Reader(record);
+    if r.u8("version")? != VERSION {
+        return Err(DecodeError("unknown version"));
+    }
+    let flags = r.u8("flags")?;
+    if flags & !(HAS_PEER | HAS_HTTP) != 0 {
+        return Err(DecodeError("unknown flags"));
+    }
+    let id = EventId {
+        node: r.u32("node")?,
+        seq: r.u64("seq")?,
+    };
+    let received_at = UNIX_EPOCH + Duration::from_nanos(r.u64("received_at")?);
+    let source = source(&r.short("source")?);
+    let peer = if flags & HAS_PEER != 0 {
+        let ip = match r.u8("peer family")? {
+            4 => IpAddr::V4(Ipv4Addr::from(
+                <[u8; 4]>::try_from(&r.bytes(4, "peer")?[..]).map_err(|_| DecodeError("peer"))?,
+            )),
+            6 => IpAddr::V6(Ipv6Addr::from(
+                <[u8; 16]>::try_from(&r.bytes(16, "peer")?[..]).map_err(|_| DecodeError("peer"))?,
+            )),
+            _ => return Err(DecodeError("peer family")),
+        };
+        Some(SocketAddr::new(ip, r.u16("peer port")?))
+    } else {
+        None
+    };
+    let attributes = if flags & HAS_HTTP != 0 {
+        let method_len = r.u8("method")? as usize;
+        let method = Method::from_bytes(&r.bytes(method_len, "method")?)
+            .map_err(|_| DecodeError("method"))?;
+        let uri = Uri::from_maybe_shared(r.long("uri")?).map_err(|_| DecodeError("uri"))?;
+        let count = r.u16("header count")?;
+        let mut headers = HeaderMap::with_capacity(count as usize);
+        for _ in 0..count {
+            let name = HeaderName::from_bytes(&r.short("header name")?)
+                .map_err(|_| DecodeError("header name"))?;
+            let value = HeaderValue::from_maybe_shared(r.long("header value")?)
+                .map_err(|_| DecodeError("header value"))?;
+            headers.append(name, value);
+        }
+        Attributes::Http(Box::new(HttpRequest {
+            method,
+            uri,
+            headers,
+            peer,
+        }))
+    } else if let Some(peer) = peer {
+        Attributes::Peer(peer)
+    } else {
+        Attributes::None
+    };
+    let payload = r.long("payload")?;
+    if r.0.has_remaining() {
+        return Err(DecodeError("trailing bytes"));
+    }
+    let mut event = Event::new(id, source, payload, attributes);
+    event.received_at = received_at;
+    Ok(event)
+}
+
+/// The receive time as stored (for tests and tools).
+pub fn nanos(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(bytes: &[u8]) -> Arc<str> {
+        Arc::from(String::from_utf8_lossy(bytes).as_ref())
+    }
+
+    #[test]
+    fn an_http_event_round_trips() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-a", HeaderValue::from_static("1"));
+        headers.append("x-a", HeaderValue::from_static("2"));
+        let request = HttpRequest {
+            method: Method::PATCH,
+            uri: Uri::from_static("/v1/x?y=z"),
+            headers,
+            peer: Some("[::1]:8080".parse().expect("addr")),
+        };
+        let event = Event::new(
+            EventId { node: 7, seq: 9 },
+            Arc::from("api"),
+            Bytes::from_static(b"body"),
+            Attributes::Http(Box::new(request)),
+        );
+        let back = decode(encode(&event).freeze(), &name).expect("round trip");
+        assert_eq!(
+            (back.id, &*back.source, &back.payload[..]),
+            (event.id, "api", &b"body"[..])
+        );
+        assert_eq!(nanos(back.received_at), nanos(event.received_at));
+        let http = back.http().expect("http");
+        assert_eq!(
+            (
+                http.method.as_str(),
+                http.uri.to_string(),
+                http.headers.get_all("x-a").iter().count()
+            ),
+            ("PATCH", "/v1/x?y=z".to_string(), 2)
+        );
+        assert_eq!(http.peer, Some("[::1]:8080".parse().expect("addr")));
+    }
+
+    #[test]
+    fn every_truncation_and_a_trailing_byte_are_errors_not_panics() {
+        let event = Event::new(
+            EventId { node: 1, seq: 2 },
+            Arc::from("tcp"),
+            Bytes::from_static(b"line"),
+            Attributes::Peer("127.0.0.1:9".parse().expect("addr")),
+        );
+        let record = encode(&event).freeze();
+        for cut in 0..record.len() {
+            assert!(decode(record.slice(..cut), &name).is_err(), "cut at {cut}");
+        }
+        let mut longer = BytesMut::from(&record[..]);
+        longer.put_u8(0);
+        assert!(decode(longer.freeze(), &name).is_err());
+        assert!(
+            decode(
+                Bytes::from_static(&[
+                    1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff
+                ]),
+                &name
+            )
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,235 @@
+//! The disk queue: a sink's queue on the durable segment log of `sluice-diskq`, in
+//! `data_dir/queues/<sink>/`. The embedded default, and what makes "nothing you were told was
+//! accepted is ever lost" true across crashes.
+//!
+//! - Each event is one record ([`super::codec`]); the log's own sequence numbers are how a
+//!   finished batch is acknowledged, in any order.
+//! - `when_full`: `block` waits for acknowledgements to free space until the producer's
+//!   deadline; `drop_newest` refuses at once. (`drop_oldest` is refused at config load: an
+//!   acknowledged promise on disk is never thrown away to make room.)
+//! - Events whose producer is still waiting (for `durable`/`delivered` acks or a passthrough
+//!   answer) are kept in memory beside their record, keyed by sequence, and handed to the sink
+//!   as the same `Arc<Event>`, so the answer reaches the waiting caller. Everything else is
+//!   decoded from its record; memory does not grow with the backlog.
+//! - Recovery (in `sluice-diskq`) replays every unacknowledged record on start. Those events
+//!   are counted `received` by the sink when the queue opens, and records lost to corruption
+//!   are counted `received` and `dropped{decode_error}`, so the ledger balances from the first
+//!   moment of the new process.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use sluice_diskq::{AppendError, Options, RecoveryReport, Seq, SyncPolicy};
+use tokio::time::{Instant, timeout_at};
+use tracing::{info, warn};
+
+use super::{BatchLimits, PushError, WhenFull, codec};
+use crate::event::Event;
+use crate::ledger::{ComponentLedger, DropReason};
+use crate::log_throttle::Throttle;
+
+pub struct DiskQueue {
+    log: sluice_diskq::DiskQueue,
+    when_full: WhenFull,
+    ledger: Arc<ComponentLedger>,
+    /// Events someone waits on, by record sequence (see the module doc).
+    waiting: Mutex<HashMap<Seq, Arc<Event>>>,
+    /// Source names seen in records, shared so recovered events do not each hold a copy.
+    names: Mutex<HashMap<Bytes, Arc<str>>>,
+    errors: Throttle,
+}
+
+/// Settings of one disk queue.
+pub struct DiskOptions {
+    pub max_bytes: u64,
+    pub max_record_bytes: u32,
+    pub sync: SyncPolicy,
+}
+
+impl DiskQueue {
+    /// Opens (and recovers) the queue in `dir`, accounting for what it found in `ledger`.
+    pub fn open(
+        dir: &Path,
+        options: DiskOptions,
+        when_full: WhenFull,
+        ledger: Arc<ComponentLedger>,
+    ) -> Result<Self, sluice_diskq::Error> {
+        let opts = Options {
+            max_bytes: options.max_bytes,
+            max_record_bytes: options.max_record_bytes,
+            sync: options.sync,
+            segment_bytes: (options.max_bytes / 8).clamp(1 << 20, 64 << 20),
+            ..Options::default()
+        };
+        let (log, report) = sluice_diskq::DiskQueue::open(dir, opts)?;
+        account_recovery(&report, &ledger, dir);
+        Ok(Self {
+            log,
+            when_full,
+            ledger,
+            waiting: Mutex::new(HashMap::new()),
+            names: Mutex::new(HashMap::new()),
+            errors: Throttle::default(),
+        })
+    }
+
+    /// Appends one event; waits for room until `deadline` under `block`. Returns the record's
+    /// sequence, to wait on with [`DiskQueue::wait_durable`].
+    pub async fn push(&self, event: Arc<Event>, deadline: Instant) -> Result<Seq, PushError> {
+        self.ledger.received.inc();
+        let record = codec::encode(&event);
+        loop {
+            match self.log.append(&record) {
+                Ok(seq) => {
+                    if event.has_waiters() {
+                        self.waiting.lock().insert(seq, event);
+                    }
+                    self.ledger.queued_events.inc();
+                    self.ledger.queued_bytes.inc_by(record.len() as i64);
+                    return Ok(seq);
+                }
+                Err(AppendError::Full { .. }) if self.when_full == WhenFull::Block => {
+                    if timeout_at(deadline, self.log.wait_space()).await.is_err() {
+                        return Err(self.refuse(DropReason::QueueFull, PushError::Full));
+                    }
+                }
+                Err(AppendError::Full { .. }) => {
+                    return Err(self.refuse(DropReason::QueueFull, PushError::Full));
+                }
+                Err(AppendError::TooLarge { .. }) => {
+                    return Err(self.refuse(DropReason::FrameTooLarge, PushError::TooLarge));
+                }
+                Err(AppendError::Closed) => {
+                    return Err(self.refuse(DropReason::ShuttingDown, PushError::Closed));
+                }
+                Err(error) => {
+                    if let Some(suppressed) = self.errors.check() {
+                        warn!(sink = %self.ledger.name, %error, suppressed, "Cannot write to the disk queue; refusing events.");
+                    }
+                    return Err(self.refuse(DropReason::IoError, PushError::Io));
+                }
+            }
+        }
+    }
+
+    fn refuse(&self, reason: DropReason, error: PushError) -> PushError {
+        self.ledger.dropped(reason, 1);
+        error
+    }
+
+    /// Resolves once the record is durable per the sync policy; an error means it never will be.
+    pub async fn wait_durable(&self, seq: Seq) -> Result<(), PushError> {
+        self.log.wait_durable(seq).await.map_err(|_| PushError::Io)
+    }
+
+    /// The next batch (events with their record sequences); empty once closed and drained.
+    pub async fn next_batch(&self, limits: BatchLimits) -> (Vec<Arc<Event>>, Vec<Seq>) {
+        let max_events = limits.max_events.max(1);
+        let mut records = match self.log.read_batch(max_events, limits.max_bytes).await {
+            Ok(records) => records,
+            Err(error) => {
+                warn!(sink = %self.ledger.name, %error, "Cannot read the disk queue.");
+                return (Vec::new(), Vec::new());
+            }
+        };
+        if !records.is_empty() && records.len() < max_events && !limits.timeout.is_zero() {
+            tokio::time::sleep(limits.timeout).await;
+            let bytes: usize = records.iter().map(|(_, r)| r.len()).sum();
+            if let Ok(Some(more)) = self.log.try_read_batch(
+                max_events - records.len(),
+                limits.max_bytes.saturating_sub(bytes).max(1),
+            ) {
+                records.extend(more);
+            }
+        }
+        let mut events = Vec::with_capacity(records.len());
+        let mut seqs = Vec::with_capacity(records.len());
+        let mut bytes = 0i64;
+        for (seq, record) in records {
+            bytes += record.len() as i64;
+            let waiting = self.waiting.lock().remove(&seq);
+            let event = match waiting {
+                Some(event) => event,
+                None => match codec::decode(record, &|name| self.name(name)) {
+                    Ok(event) => Arc::new(event),
+                    Err(error) => {
+                        if let Some(suppressed) = self.errors.check() {
+                            warn!(sink = %self.ledger.name, seq, %error, suppressed, "Skipping a record that is not an event.");
+                        }
+                        self.ledger.queued_events.dec();
+                        self.ledger.dropped(DropReason::DecodeError, 1);
+                        self.log.ack(seq);
+                        continue;
+                    }
+                },
+            };
+            events.push(event);
+            seqs.push(seq);
+        }
+        self.ledger.queued_bytes.dec_by(bytes);
+        self.ledger.queued_events.dec_by(events.len() as i64);
+        self.ledger.in_flight.inc_by(events.len() as i64);
+        (events, seqs)
+    }
+
+    fn name(&self, bytes: &[u8]) -> Arc<str> {
+        let mut names = self.names.lock();
+        if let Some(name) = names.get(bytes) {
+            return name.clone();
+        }
+        let name: Arc<str> = Arc::from(String::from_utf8_lossy(bytes).as_ref());
+        if names.len() < 1024 {
+            names.insert(Bytes::copy_from_slice(bytes), name.clone());
+        }
+        name
+    }
+
+    /// Acknowledges a finished batch: its records may be deleted.
+    pub fn finish(&self, seqs: &[Seq]) {
+        for seq in seqs {
+            self.log.ack(*seq);
+        }
+    }
+
+    /// Stops appends, syncs what is buffered and writes the checkpoint.
+    pub async fn close(&self) {
+        if let Err(error) = self.log.close().await {
+            warn!(sink = %self.ledger.name, %error, "Closing the disk queue failed; unsynced events will be replayed or lost.");
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.log.stats().unacked_records as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn stats(&self) -> sluice_diskq::Stats {
+        self.log.stats()
+    }
+}
+
+fn account_recovery(report: &RecoveryReport, ledger: &ComponentLedger, dir: &Path) {
+    let recovered = report.replayed_records;
+    ledger.received.inc_by(recovered + report.corrupt_records);
+    ledger.queued_events.inc_by(recovered as i64);
+    ledger.dropped(DropReason::DecodeError, report.corrupt_records);
+    if report.corrupt_records > 0 || report.corrupt_bytes > 0 || report.truncated_bytes > 0 {
+        warn!(
+            sink = %ledger.name,
+            dir = %dir.display(),
+            corrupt_records = report.corrupt_records,
+            corrupt_bytes = report.corrupt_bytes,
+            truncated_bytes = report.truncated_bytes,
+            replayed = recovered,
+            "Disk queue recovered with damage: skipped what could not be read, delivering the rest."
+        );
+    } else if recovered > 0 {
+        info!(sink = %ledger.name, dir = %dir.display(), replayed = recovered, "Disk queue recovered; redelivering what was not acknowledged.");
+    }
+}
