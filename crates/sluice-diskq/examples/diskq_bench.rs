@@ -4,6 +4,7 @@
 //! cargo run --release -p sluice-diskq --example diskq_bench                 # throughput table
 //! cargo run --release -p sluice-diskq --example diskq_bench -- fill DIR 2   # write a 2 GiB backlog
 //! cargo run --release -p sluice-diskq --example diskq_bench -- recover DIR  # reopen and drain it
+//! cargo run --release -p sluice-diskq --example diskq_bench -- inspect DIR  # print `inspect`
 //! ```
 //!
 //! The throughput table runs N concurrent writers, each looping `append` (256-byte records) +
@@ -26,6 +27,10 @@ fn main() {
             fill(Path::new(&args[1]), gib);
         }
         Some("recover") => recover(Path::new(&args[1])),
+        Some("inspect") => match sluice_diskq::inspect(&args[1]) {
+            Ok(report) => println!("{report}"),
+            Err(e) => eprintln!("{e}"),
+        },
         _ => throughput(),
     }
 }

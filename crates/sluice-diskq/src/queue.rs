@@ -163,6 +163,11 @@ impl DiskQueue {
         Ok((queue, rec.report))
     }
 
+    /// The queue directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared().dir
+    }
+
     fn shared(&self) -> &Shared {
         &self.inner.shared
     }
