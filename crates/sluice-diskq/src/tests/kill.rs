@@ -110,9 +110,11 @@ fn sigkill_loses_no_durable_record() {
             lines
         });
         // Kill at a different moment of each round, counted from the first durable record.
-        started_rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("child never made a record durable");
+        if started_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("round {round}: the child never made a record durable");
+        }
         std::thread::sleep(Duration::from_millis(50 + 120 * round));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
