@@ -15,7 +15,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::sample::Index;
 
-use crate::{DiskQueue, Options, Seq, SyncPolicy};
+use crate::{AppendError, DiskQueue, Options, Seq, SyncPolicy};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -85,9 +85,11 @@ impl Model {
     }
 }
 
-fn opts(sync: SyncPolicy) -> Options {
+/// `max_bytes` is either roomy or 16 KiB (four segments), so that `Full`, roll-over of a fully
+/// acknowledged segment and deletion all happen between crashes.
+fn opts(sync: SyncPolicy, small: bool) -> Options {
     Options {
-        max_bytes: 1 << 30,
+        max_bytes: if small { 16 * 1024 } else { 1 << 30 },
         segment_bytes: 4096,
         max_record_bytes: 4096,
         sync,
@@ -96,13 +98,13 @@ fn opts(sync: SyncPolicy) -> Options {
     }
 }
 
-fn open(dir: &Path, sync: SyncPolicy) -> (DiskQueue, crate::RecoveryReport) {
-    DiskQueue::open(dir, opts(sync)).expect("reopen must never fail on crash damage")
+fn open(dir: &Path, sync: SyncPolicy, small: bool) -> (DiskQueue, crate::RecoveryReport) {
+    DiskQueue::open(dir, opts(sync, small)).expect("reopen must never fail on crash damage")
 }
 
-async fn run(sync: SyncPolicy, ops: Vec<Op>) -> Result<(), TestCaseError> {
+async fn run(sync: SyncPolicy, small: bool, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
-    let (mut q, _) = open(dir.path(), sync);
+    let (mut q, _) = open(dir.path(), sync, small);
     let mut m = Model::default();
     for op in ops {
         match op {
@@ -110,7 +112,11 @@ async fn run(sync: SyncPolicy, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 for _ in 0..n {
                     let mut payload = format!("{}:{}:", m.epoch, m.next_seq).into_bytes();
                     payload.resize(payload.len().max(size as usize), b'.');
-                    let seq = q.append(&payload).unwrap();
+                    let seq = match q.append(&payload) {
+                        Ok(seq) => seq,
+                        Err(AppendError::Full { .. }) if small => break,
+                        Err(e) => return Err(TestCaseError::fail(format!("append: {e}"))),
+                    };
                     prop_assert_eq!(seq, m.next_seq);
                     m.records.insert(seq, payload);
                     m.next_seq += 1;
@@ -158,7 +164,7 @@ async fn run(sync: SyncPolicy, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 q.close().await.unwrap();
                 prop_assert_eq!(q.stats().checkpointed_low_water, m.low);
                 drop(q);
-                let (nq, report) = open(dir.path(), sync);
+                let (nq, report) = open(dir.path(), sync, small);
                 q = nq;
                 prop_assert_eq!(report.acked_low_water, m.low);
                 prop_assert_eq!(report.next_seq, m.next_seq);
@@ -183,7 +189,7 @@ async fn run(sync: SyncPolicy, ops: Vec<Op>) -> Result<(), TestCaseError> {
                             .unwrap();
                     }
                 }
-                let (nq, report) = open(dir.path(), sync);
+                let (nq, report) = open(dir.path(), sync, small);
                 q = nq;
                 let (low, next) = (report.acked_low_water, report.next_seq);
                 prop_assert!(
@@ -229,9 +235,10 @@ proptest! {
     #[test]
     fn queue_matches_the_model_across_crashes_and_reopens(
         sync in policy(),
+        small in any::<bool>(),
         ops in proptest::collection::vec(op(), 1..60),
     ) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(run(sync, ops))?;
+        rt.block_on(run(sync, small, ops))?;
     }
 }
