@@ -90,9 +90,14 @@ fn decode(bytes: &[u8]) -> Result<Seq, String> {
             "checksum mismatch: computed {computed:#010x}, stored {stored:#010x}"
         ));
     }
-    Ok(u64::from_le_bytes([
-        b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15],
-    ]))
+    let low = u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);
+    if low > crate::record::MAX_SEQ + 1 {
+        return Err(format!(
+            "expected a low-water mark of at most {}, found {low}",
+            crate::record::MAX_SEQ + 1
+        ));
+    }
+    Ok(low)
 }
 
 /// Reads the checkpoint of `dir`. Only an unreadable file (not a bad one) is an error.

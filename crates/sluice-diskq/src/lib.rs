@@ -55,6 +55,7 @@
 //! | bytes on disk                           | `max_bytes`, counted in whole segments: a segment is deleted only once every record in it is acknowledged, so acknowledged records in the oldest segment still count. |
 //! | bytes waiting for the writer            | 64 MiB (beyond it `append` reports `Full`)     |
 //! | in-memory read tail                     | `read_cache_bytes` (default 8 MiB)             |
+//! | sequence numbers                        | below 2^63 (a record claiming more is corrupt) |
 //!
 //! # Writing, reading, acknowledging
 //!

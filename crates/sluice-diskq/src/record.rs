@@ -26,6 +26,10 @@ pub const HEADER_LEN: usize = 16;
 /// option never turns old, valid records into "corrupt" ones.
 pub const FORMAT_MAX_PAYLOAD: u32 = 256 * 1024 * 1024;
 
+/// The largest sequence number a valid record may carry (2^63 - 1). Anything above is treated
+/// as corrupt, so that no arithmetic on sequence numbers read from disk can overflow.
+pub const MAX_SEQ: Seq = u64::MAX >> 1;
+
 /// What [`decode`] found at the start of a byte slice.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decoded {

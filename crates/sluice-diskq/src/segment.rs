@@ -20,7 +20,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::record::{self, Decoded, FORMAT_MAX_PAYLOAD, HEADER_LEN};
+use crate::record::{self, Decoded, FORMAT_MAX_PAYLOAD, HEADER_LEN, MAX_SEQ};
 use crate::{Error, Seq};
 
 /// File extension of segment files.
@@ -177,6 +177,11 @@ impl<'a> Scanner<'a> {
         let rel = self.rel(at);
         match record::decode(&self.buf[rel..]) {
             Decoded::Record { seq, payload, len } => {
+                if seq > MAX_SEQ {
+                    return Ok(Err(format!(
+                        "sequence number {seq} exceeds the format limit {MAX_SEQ}"
+                    )));
+                }
                 if seq < min_seq {
                     return Ok(Err(format!(
                         "sequence number {seq} is below the expected {min_seq}"
@@ -201,6 +206,7 @@ impl<'a> Scanner<'a> {
         let lost_max = (q - from) / HEADER_LEN as u64;
         Ok(h.len <= FORMAT_MAX_PAYLOAD
             && q + (HEADER_LEN as u64) + u64::from(h.len) <= self.file_len
+            && h.seq <= MAX_SEQ
             && h.seq >= self.expected
             && h.seq - self.expected <= lost_max)
     }
@@ -381,6 +387,15 @@ mod tests {
             let items = scan_all(&buf, 100);
             proptest::prop_assert_eq!(seqs(&items), expected);
         }
+    }
+
+    #[test]
+    fn absurd_sequence_numbers_are_corrupt_not_an_overflow() {
+        let mut buf = Vec::new();
+        encode_into(&mut buf, 1, b"a");
+        encode_into(&mut buf, u64::MAX, b"b");
+        encode_into(&mut buf, 2, b"c");
+        assert_eq!(seqs(&scan_all(&buf, 1)), vec![1, 2]);
     }
 
     #[test]
