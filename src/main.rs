@@ -38,8 +38,23 @@ enum Command {
         #[arg(short, long, env = "SLUICE_CONFIG")]
         config: PathBuf,
     },
+    /// Look at disk queues.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
     /// Measure a scenario of DESIGN.md section 7 (starts this binary as the relay under test).
     Bench(Box<sluice_bench::BenchArgs>),
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// Segments, bytes, first/last/acknowledged sequence and corrupt records of a disk queue
+    /// directory (`data_dir/queues/<sink>`); safe while the relay runs.
+    Inspect {
+        /// The queue directory.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -75,6 +90,18 @@ fn main() -> ExitCode {
             }
             Err(errors) => {
                 eprintln!("{errors}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Queue {
+            command: QueueCommand::Inspect { dir },
+        } => match sluice_diskq::inspect(&dir) {
+            Ok(report) => {
+                print!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", dir.display());
                 ExitCode::FAILURE
             }
         },

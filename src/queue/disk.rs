@@ -24,6 +24,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use sluice_diskq::{AppendError, Options, RecoveryReport, Seq, SyncPolicy};
 use tokio::time::{Instant, timeout_at};
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{BatchLimits, PushError, WhenFull, codec};
@@ -40,6 +41,9 @@ pub struct DiskQueue {
     /// Source names seen in records, shared so recovered events do not each hold a copy.
     names: Mutex<HashMap<Bytes, Arc<str>>>,
     errors: Throttle,
+    /// Cancelled by `close`: the driver takes no more batches and abandons the ones in flight
+    /// (unacknowledged, they are delivered again after the restart); the rest stays on disk.
+    stop: CancellationToken,
 }
 
 /// Settings of one disk queue.
@@ -73,6 +77,7 @@ impl DiskQueue {
             waiting: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
             errors: Throttle::default(),
+            stop: CancellationToken::new(),
         })
     }
 
@@ -128,6 +133,9 @@ impl DiskQueue {
     /// The next batch (events with their record sequences); empty once closed and drained.
     pub async fn next_batch(&self, limits: BatchLimits) -> (Vec<Arc<Event>>, Vec<Seq>) {
         let max_events = limits.max_events.max(1);
+        if self.stop.is_cancelled() {
+            return (Vec::new(), Vec::new());
+        }
         let mut records = match self.log.read_batch(max_events, limits.max_bytes).await {
             Ok(records) => records,
             Err(error) => {
@@ -196,6 +204,7 @@ impl DiskQueue {
 
     /// Stops appends, syncs what is buffered and writes the checkpoint.
     pub async fn close(&self) {
+        self.stop.cancel();
         if let Err(error) = self.log.close().await {
             warn!(sink = %self.ledger.name, %error, "Closing the disk queue failed; unsynced events will be replayed or lost.");
         }
@@ -203,6 +212,11 @@ impl DiskQueue {
 
     pub fn len(&self) -> usize {
         self.log.stats().unacked_records as usize
+    }
+
+    /// Resolves once the queue is closing: deliveries in flight may stop where they are.
+    pub async fn closing(&self) {
+        self.stop.cancelled().await;
     }
 
     pub fn is_empty(&self) -> bool {

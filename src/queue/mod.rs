@@ -381,6 +381,15 @@ impl SinkQueue {
         }
     }
 
+    /// Resolves when deliveries in flight may be abandoned because the queue keeps their events
+    /// for the next start (a closing disk queue); never for memory, which must drain.
+    pub async fn abandoned(&self) {
+        match self {
+            SinkQueue::Memory(_) => std::future::pending().await,
+            SinkQueue::Disk(q) => q.closing().await,
+        }
+    }
+
     /// Whether events survive a restart.
     pub fn is_durable(&self) -> bool {
         matches!(self, SinkQueue::Disk(_))

@@ -131,7 +131,11 @@ async fn deliver<S: Sink>(shared: &Shared<S>, batch: Batch) {
         }
         attempt += 1;
         let started = Instant::now();
-        let result = shared.sink.send(&request, &batch.events).await;
+        // A closing disk queue keeps the batch (unacknowledged) for the next start: stop here.
+        let result = tokio::select! {
+            result = shared.sink.send(&request, &batch.events) => result,
+            () = shared.queue.abandoned() => return,
+        };
         shared
             .ledger
             .attempt(result.outcome(), started.elapsed().as_secs_f64());
@@ -162,7 +166,10 @@ async fn deliver<S: Sink>(shared: &Shared<S>, batch: Batch) {
                 if let Some(suppressed) = shared.warn_throttle.check() {
                     warn!(sink = %shared.ledger.name, events, attempt, ?delay, suppressed, %detail, "Delivery failed; retrying.");
                 }
-                tokio::time::sleep(delay).await;
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shared.queue.abandoned() => return,
+                }
             }
         }
     }
