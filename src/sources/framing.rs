@@ -442,6 +442,26 @@ mod tests {
         );
     }
 
+    /// The fuzz targets' property, on seeded random input: how the stream is cut into reads
+    /// never changes the frames.
+    #[test]
+    fn chunking_never_changes_the_frames() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let alphabet = b"ab\r\n 0123456789";
+        for _ in 0..2000 {
+            let len = rng.usize(0..200);
+            let input: Vec<u8> = (0..len)
+                .map(|_| alphabet[rng.usize(..alphabet.len())])
+                .collect();
+            let max = rng.usize(1..24);
+            for framing in [Framing::Lines, Framing::OctetCounting] {
+                let whole = run(framing, max, &input, input.len().max(1));
+                let chunked = run(framing, max, &input, rng.usize(1..8));
+                assert_eq!(whole, chunked, "{framing:?} max {max} {input:?}");
+            }
+        }
+    }
+
     #[test]
     fn prefix_and_datagram_helpers() {
         let line = Bytes::from_static(b"@cee:{\"a\":1}");
