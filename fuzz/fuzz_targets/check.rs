@@ -18,7 +18,11 @@ fn frames(framing: Framing, max: usize, input: &[u8], chunk: usize) -> Vec<Frame
             out.push(frame);
         }
         // Between reads, at most a frame's limit (or a 9-digit length) and a CR are held.
-        assert!(buf.len() <= max.max(9) + 1, "buffer held {} bytes", buf.len());
+        assert!(
+            buf.len() <= max.max(9) + 1,
+            "buffer held {} bytes",
+            buf.len()
+        );
     }
     out.extend(decoder.finish(&mut buf));
     assert!(buf.is_empty(), "finish leaves nothing behind");
