@@ -2,7 +2,7 @@
 //!
 //! Accepted shapes (after `Content-Encoding: gzip`, if present, is undone):
 //!
-//! - newline-delimited JSON: one event per line; blank lines are skipped;
+//! - newline-delimited JSON: one event per line (a blank line is garbage: no sender wrote it);
 //! - a JSON array of events: `[{…},{…}]` (split at top-level commas by a small scanner that
 //!   knows about strings and nesting, so one bad element does not hide its neighbours);
 //! - Splunk HEC: concatenated envelopes `{"event":{…}}{"event":"{…}"}`, on one line or many,
@@ -74,10 +74,8 @@ pub fn record_body(t: &mut Tracker, body: &[u8], gzip: bool, recv_ns: u64) -> Re
 }
 
 fn record_lines_or_hec(t: &mut Tracker, body: &[u8], recv_ns: u64) {
+    let body = body.strip_suffix(b"\n").unwrap_or(body);
     for line in body.split(|&b| b == b'\n') {
-        if line.iter().all(|b| b.is_ascii_whitespace()) {
-            continue;
-        }
         if let Some(ev) = crate::payload::parse(line) {
             t.record(ev, recv_ns);
         } else if contains(line, b"\"event\"") {

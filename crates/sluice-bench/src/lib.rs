@@ -125,7 +125,8 @@ pub struct BenchArgs {
     /// Override the sink's queue (S2's default is disk, the others memory).
     #[arg(long, value_enum)]
     pub queue: Option<QueueKind>,
-    /// Source ack point: received | durable | delivered (default: S2 durable, others unset).
+    /// Source ack point: received | durable | delivered (default: durable for S2 over HTTP,
+    /// otherwise unset; a TCP source has none).
     #[arg(long)]
     pub ack: Option<String>,
     /// HTTP sink encoding: ndjson | json_array.
@@ -212,10 +213,11 @@ pub fn plan(a: &BenchArgs) -> Result<Plan> {
         size: a.size,
         rate: a.rate.unwrap_or(default_rate),
         queue,
+        // Only the HTTP source has an ack point a producer can see; a TCP source has no `ack`.
         ack: a
             .ack
             .clone()
-            .or((a.scenario == S2).then(|| "durable".to_owned())),
+            .or((a.scenario == S2 && source == SourceKind::Http).then(|| "durable".to_owned())),
         encoding: if a.encoding == "json_array" {
             "json_array"
         } else {
@@ -266,14 +268,14 @@ pub async fn run(args: BenchArgs, sluice_exe: PathBuf) -> Result<()> {
             if failures.iter().any(|(t, _)| t == target) {
                 continue;
             }
-            eprint!("{:?} run {run}/{runs}: {target}… ", plan.scenario);
+            eprintln!("{:?} run {run}/{runs}: {target}…", plan.scenario);
             match scenario::run_once(&plan, *target, exe.as_deref(), run, args.keep_config).await {
                 Ok(r) => {
-                    eprintln!("{:.0} events/s", r.events_per_sec);
+                    eprintln!("  {:.0} events/s", r.events_per_sec);
                     rows.push(r);
                 }
                 Err(e) => {
-                    eprintln!("failed");
+                    eprintln!("  failed");
                     let e = e.context(format!("{:?} against {target}, run {run}", plan.scenario));
                     failures.push((*target, e));
                 }
@@ -348,7 +350,9 @@ mod tests {
         );
         let s2 = plan_of(&["--scenario", "s2"]);
         assert_eq!(s2.queue, QueueSpec::Disk { sync: "always" });
-        assert_eq!(s2.ack.as_deref(), Some("durable"));
+        assert_eq!(s2.ack.as_deref(), None, "a TCP source has no ack point");
+        let s2h = plan_of(&["--scenario", "s2", "--source", "http"]);
+        assert_eq!(s2h.ack.as_deref(), Some("durable"));
         let s3 = plan_of(&["--scenario", "s3"]);
         assert_eq!(
             (s3.source, s3.sink, s3.connections),

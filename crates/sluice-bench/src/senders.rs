@@ -116,7 +116,11 @@ impl Pacer {
             return u64::MAX;
         }
         loop {
-            let due = (self.start.elapsed().as_secs_f64() * self.per_sec) as u64 + 1;
+            // Time past the deadline does not earn events: a late wake-up must not overshoot.
+            let now = self
+                .deadline
+                .map_or(Instant::now(), |d| d.min(Instant::now()));
+            let due = ((now - self.start).as_secs_f64() * self.per_sec) as u64 + 1;
             if due > sent {
                 return due - sent;
             }
