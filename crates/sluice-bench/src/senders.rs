@@ -86,7 +86,7 @@ impl SendReport {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct ConnReport {
     sent: u64,
     rejected: u64,
@@ -237,15 +237,7 @@ async fn send_lines<W: AsyncWrite + Unpin>(
 ) -> Result<ConnReport> {
     let per_write = (WRITE_CHUNK / plan.size.max(1)).max(1) as u64;
     let mut buf = Vec::with_capacity(WRITE_CHUNK + plan.size);
-    let mut rep = ConnReport {
-        sent: 0,
-        rejected: 0,
-        errors: 0,
-        bytes: 0,
-        max_stall_ns: 0,
-        latency: None,
-        window_latency: None,
-    };
+    let mut rep = ConnReport::default();
     while rep.sent < plan.events_per_conn && !pacer.expired() {
         let n = pacer
             .allowance(rep.sent)
@@ -282,15 +274,7 @@ async fn send_datagrams(
     let sock = UdpSocket::bind("127.0.0.1:0").await?;
     sock.connect(addr).await?;
     let mut buf = Vec::with_capacity(plan.size);
-    let mut rep = ConnReport {
-        sent: 0,
-        rejected: 0,
-        errors: 0,
-        bytes: 0,
-        max_stall_ns: 0,
-        latency: None,
-        window_latency: None,
-    };
+    let mut rep = ConnReport::default();
     while rep.sent < plan.events_per_conn && !pacer.expired() {
         let n = pacer
             .allowance(rep.sent)
@@ -337,13 +321,9 @@ async fn send_http(
     pacer: Pacer,
 ) -> Result<ConnReport> {
     let mut rep = ConnReport {
-        sent: 0,
-        rejected: 0,
-        errors: 0,
-        bytes: 0,
-        max_stall_ns: 0,
         latency: Some(latency_histogram()),
         window_latency: plan.window.as_ref().map(|_| latency_histogram()),
+        ..ConnReport::default()
     };
     let host = addr.to_string();
     let mut client: Option<Client> = None;
