@@ -19,12 +19,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::admin::{self, Readiness};
+use crate::config::ByteSize;
 use crate::config::Config;
 use crate::config::SinkConfig;
 use crate::event::IdGenerator;
+use crate::ledger::ComponentLedger;
 use crate::ledger::{ComponentKind, Ledger};
 use crate::queue::disk::DiskOptions;
-use crate::queue::{DiskQueue, MemoryQueue, QueueKind, SinkQueue};
+use crate::queue::{DiskQueue, MemoryQueue, Overflow, QueueKind, SinkQueue, SpillQueue};
 use crate::sinks::{self, SinkSettings, driver};
 use crate::sources::{self, Fanout, SourceContext};
 
@@ -64,20 +66,23 @@ pub struct ShutdownReport {
 #[derive(Clone)]
 pub struct Probe {
     ledger: Arc<Ledger>,
-    /// Sink name → whether its queue is durable.
-    durable: BTreeMap<String, bool>,
+    queues: Vec<(String, Arc<SinkQueue>)>,
 }
 
 impl Probe {
-    /// `(lost from memory queues, kept in disk queues)`.
+    /// `(lost from memory, kept on disk)`: each sink's queued and in-flight events, split by
+    /// where its queue holds them.
     pub fn pending(&self) -> (u64, u64) {
+        let components = self.ledger.stats().components;
         let (mut lost, mut kept) = (0, 0);
-        for component in self.ledger.stats().components {
-            match self.durable.get(&component.name) {
-                Some(true) => kept += component.queued + component.in_flight,
-                Some(false) => lost += component.queued + component.in_flight,
-                None => {}
-            }
+        for (name, queue) in &self.queues {
+            let Some(c) = components.iter().find(|c| &c.name == name) else {
+                continue;
+            };
+            let pending = c.queued + c.in_flight;
+            let on_disk = queue.on_disk().min(pending);
+            kept += on_disk;
+            lost += pending - on_disk;
         }
         (lost, kept)
     }
@@ -106,39 +111,13 @@ impl Relay {
         addresses.insert("admin".to_string(), admin.local_addr);
 
         let mut sinks = Vec::new();
-        let mut durable = BTreeMap::new();
+        let mut probe_queues = Vec::new();
         let mut queues_of: BTreeMap<&str, Vec<Arc<SinkQueue>>> = BTreeMap::new();
         for sink in &config.sinks {
             let component =
                 ledger.component(&sink.name, ComponentKind::Sink, sink.settings.type_name());
-            let queue = Arc::new(match sink.queue.kind {
-                QueueKind::Memory => SinkQueue::Memory(MemoryQueue::new(
-                    sink.queue.max_events(),
-                    sink.queue.max_bytes().as_usize(),
-                    sink.queue.when_full,
-                    component.clone(),
-                )),
-                QueueKind::Disk => {
-                    let dir = config.data_dir.join("queues").join(&sink.name);
-                    let options = DiskOptions {
-                        max_bytes: sink.queue.max_bytes().0,
-                        max_record_bytes: u32::try_from(sink.queue.max_event_bytes().0)
-                            .unwrap_or(u32::MAX),
-                        sync: sink.queue.sync().policy(),
-                    };
-                    let queue =
-                        DiskQueue::open(&dir, options, sink.queue.when_full, component.clone())
-                            .with_context(|| {
-                                format!(
-                                    "sinks.{}.queue: cannot open the disk queue in {}",
-                                    sink.name,
-                                    dir.display()
-                                )
-                            })?;
-                    SinkQueue::Disk(queue)
-                }
-            });
-            durable.insert(sink.name.clone(), queue.is_durable());
+            let queue = Arc::new(open_queue(config, sink, component.clone())?);
+            probe_queues.push((sink.name.clone(), queue.clone()));
             for input in &sink.inputs {
                 queues_of
                     .entry(input.as_str())
@@ -193,7 +172,7 @@ impl Relay {
             shutdown_timeout: config.shutdown_timeout.0,
             probe: Probe {
                 ledger: probe_ledger,
-                durable,
+                queues: probe_queues,
             },
         })
     }
@@ -229,6 +208,46 @@ impl Relay {
     pub fn probe(&self) -> Probe {
         self.probe.clone()
     }
+}
+
+/// The queue of one sink, as its config says.
+fn open_queue(
+    config: &Config,
+    sink: &SinkConfig,
+    ledger: Arc<ComponentLedger>,
+) -> anyhow::Result<SinkQueue> {
+    let q = &sink.queue;
+    let memory = || {
+        MemoryQueue::new(
+            q.max_events(),
+            q.max_bytes().as_usize(),
+            q.when_full,
+            ledger.clone(),
+        )
+    };
+    let disk = |max_bytes: ByteSize| {
+        let dir = config.data_dir.join("queues").join(&sink.name);
+        let options = DiskOptions {
+            max_bytes: max_bytes.0,
+            max_record_bytes: u32::try_from(q.max_event_bytes().0).unwrap_or(u32::MAX),
+            sync: q.sync().policy(),
+        };
+        DiskQueue::open(&dir, options, q.when_full, ledger.clone()).with_context(|| {
+            format!(
+                "sinks.{}.queue: cannot open the disk queue in {}",
+                sink.name,
+                dir.display()
+            )
+        })
+    };
+    Ok(match (q.kind, q.overflow) {
+        (QueueKind::Memory, None) => SinkQueue::Memory(memory()),
+        (QueueKind::Memory, Some(Overflow::Disk)) => SinkQueue::Spill(Box::new(SpillQueue::new(
+            memory(),
+            disk(q.overflow_max_bytes.unwrap_or(ByteSize::gib(10)))?,
+        ))),
+        (QueueKind::Disk, _) => SinkQueue::Disk(disk(q.max_bytes())?),
+    })
 }
 
 fn start_sink(

@@ -193,6 +193,34 @@ impl MemoryQueue {
         batch
     }
 
+    /// Takes `event` if there is room now, counting it received; hands it back otherwise,
+    /// counting nothing (the caller offers it elsewhere).
+    pub fn try_push(&self, event: Arc<Event>) -> Result<(), Arc<Event>> {
+        let size = event.size();
+        let mut state = self.state.lock();
+        if state.closed || !state.fits(size, self.max_events, self.max_bytes) {
+            return Err(event);
+        }
+        state.events.push_back(event);
+        state.bytes += size;
+        self.ledger.received.inc();
+        self.ledger.queued_events.inc();
+        self.ledger.queued_bytes.inc_by(size as i64);
+        Ok(())
+    }
+
+    /// Whatever is queued now, up to the limits, without waiting (possibly nothing).
+    pub fn try_pop_batch(&self, limits: BatchLimits) -> Vec<Arc<Event>> {
+        let mut state = self.state.lock();
+        if state.events.is_empty() {
+            return Vec::new();
+        }
+        let batch = self.take(&mut state, limits.max_events.max(1), limits.max_bytes);
+        drop(state);
+        self.writable.notify_waiters();
+        batch
+    }
+
     /// Refuses further pushes; wakes everyone so blocked producers fail and the consumer drains.
     pub fn close(&self) {
         self.state.lock().closed = true;

@@ -12,6 +12,7 @@
 pub mod codec;
 pub mod disk;
 pub mod memory;
+pub mod spill;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,7 @@ use crate::event::Event;
 pub use disk::DiskQueue;
 pub use memory::MemoryQueue;
 pub use sluice_diskq::Seq;
+pub use spill::SpillQueue;
 
 /// What a full queue does with one more event.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -110,6 +112,19 @@ pub struct QueueConfig {
     /// Disk queues only: the largest event accepted (default 16MiB).
     #[serde(default)]
     pub max_event_bytes: Option<ByteSize>,
+    /// Memory queues only: `"disk"` spills to a disk queue when memory is full.
+    #[serde(default)]
+    pub overflow: Option<Overflow>,
+    /// With `overflow = "disk"`: the disk tier's bound (default 10GiB).
+    #[serde(default)]
+    pub overflow_max_bytes: Option<ByteSize>,
+}
+
+/// Where a full memory queue sends what does not fit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overflow {
+    Disk,
 }
 
 impl QueueConfig {
@@ -148,9 +163,30 @@ impl QueueConfig {
         }
         match self.kind {
             QueueKind::Memory => {
+                let spills = self.overflow.is_some();
+                if spills && self.when_full == WhenFull::DropOldest {
+                    errors.push(locator.error_with_hint(
+                        &format!("{prefix}.when_full"),
+                        "a queue that spills to disk never drops what it holds (drop_oldest)",
+                        "use \"block\" or \"drop_newest\": it applies when the disk tier is full",
+                    ));
+                }
+                if self.overflow_max_bytes.is_some_and(|b| b.0 < 1 << 20) {
+                    errors.push(locator.error(
+                        &format!("{prefix}.overflow_max_bytes"),
+                        "expected at least 1MiB for a disk queue",
+                    ));
+                }
+                if !spills && self.overflow_max_bytes.is_some() {
+                    errors.push(locator.error_with_hint(
+                        &format!("{prefix}.overflow_max_bytes"),
+                        "`overflow_max_bytes` applies only with overflow = \"disk\"",
+                        "add overflow = \"disk\", or remove it",
+                    ));
+                }
                 for (key, set) in [
-                    ("sync", self.sync.is_some()),
-                    ("max_event_bytes", self.max_event_bytes.is_some()),
+                    ("sync", self.sync.is_some() && !spills),
+                    ("max_event_bytes", self.max_event_bytes.is_some() && !spills),
                 ] {
                     if set {
                         errors.push(locator.error_with_hint(
@@ -162,6 +198,13 @@ impl QueueConfig {
                 }
             }
             QueueKind::Disk => {
+                if self.overflow.is_some() || self.overflow_max_bytes.is_some() {
+                    errors.push(locator.error_with_hint(
+                        &format!("{prefix}.overflow"),
+                        "a disk queue has nowhere further to overflow",
+                        "overflow = \"disk\" goes with type = \"memory\"",
+                    ));
+                }
                 if self.max_events.is_some() {
                     errors.push(locator.error_with_hint(
                         &format!("{prefix}.max_events"),
@@ -206,6 +249,8 @@ impl Default for QueueConfig {
             when_full: WhenFull::Block,
             sync: None,
             max_event_bytes: None,
+            overflow: None,
+            overflow_max_bytes: None,
         }
     }
 }
@@ -329,6 +374,7 @@ pub enum Accepted {
 pub enum SinkQueue {
     Memory(MemoryQueue),
     Disk(DiskQueue),
+    Spill(Box<SpillQueue>),
 }
 
 impl SinkQueue {
@@ -337,6 +383,7 @@ impl SinkQueue {
         match self {
             SinkQueue::Memory(q) => q.push(event, deadline).await.map(|()| Accepted::InMemory),
             SinkQueue::Disk(q) => q.push(event, deadline).await.map(Accepted::OnDisk),
+            SinkQueue::Spill(q) => q.push(event, deadline).await,
         }
     }
 
@@ -345,6 +392,7 @@ impl SinkQueue {
     pub async fn wait_durable(&self, accepted: Accepted) -> Result<(), PushError> {
         match (self, accepted) {
             (SinkQueue::Disk(q), Accepted::OnDisk(seq)) => q.wait_durable(seq).await,
+            (SinkQueue::Spill(q), Accepted::OnDisk(seq)) => q.wait_durable(seq).await,
             _ => Ok(()),
         }
     }
@@ -352,16 +400,12 @@ impl SinkQueue {
     /// The next batch; empty only once the queue is closed and drained (memory) or closed
     /// (disk: what is left stays on disk).
     pub async fn next_batch(&self, limits: BatchLimits) -> Batch {
-        match self {
-            SinkQueue::Memory(q) => Batch {
-                events: q.pop_batch(limits).await,
-                seqs: Vec::new(),
-            },
-            SinkQueue::Disk(q) => {
-                let (events, seqs) = q.next_batch(limits).await;
-                Batch { events, seqs }
-            }
-        }
+        let (events, seqs) = match self {
+            SinkQueue::Memory(q) => (q.pop_batch(limits).await, Vec::new()),
+            SinkQueue::Disk(q) => q.next_batch(limits).await,
+            SinkQueue::Spill(q) => q.next_batch(limits).await,
+        };
+        Batch { events, seqs }
     }
 
     /// The batch is done with (delivered, dropped or dead-lettered): durable kinds forget it.
@@ -369,6 +413,7 @@ impl SinkQueue {
         match self {
             SinkQueue::Memory(_) => {}
             SinkQueue::Disk(q) => q.finish(&batch.seqs),
+            SinkQueue::Spill(q) => q.finish(&batch.seqs),
         }
     }
 
@@ -378,6 +423,7 @@ impl SinkQueue {
         match self {
             SinkQueue::Memory(q) => q.close(),
             SinkQueue::Disk(q) => q.close().await,
+            SinkQueue::Spill(q) => q.close().await,
         }
     }
 
@@ -385,12 +431,21 @@ impl SinkQueue {
     /// for the next start (a closing disk queue); never for memory, which must drain.
     pub async fn abandoned(&self) {
         match self {
-            SinkQueue::Memory(_) => std::future::pending().await,
+            SinkQueue::Memory(_) | SinkQueue::Spill(_) => std::future::pending().await,
             SinkQueue::Disk(q) => q.closing().await,
         }
     }
 
-    /// Whether events survive a restart.
+    /// Events this queue keeps on disk (waiting or in flight): they survive a restart.
+    pub fn on_disk(&self) -> u64 {
+        match self {
+            SinkQueue::Memory(_) => 0,
+            SinkQueue::Disk(q) => q.len() as u64,
+            SinkQueue::Spill(q) => q.on_disk(),
+        }
+    }
+
+    /// Whether every event it takes survives a restart.
     pub fn is_durable(&self) -> bool {
         matches!(self, SinkQueue::Disk(_))
     }
@@ -399,6 +454,7 @@ impl SinkQueue {
         match self {
             SinkQueue::Memory(q) => q.len(),
             SinkQueue::Disk(q) => q.len(),
+            SinkQueue::Spill(q) => q.len(),
         }
     }
 
