@@ -23,7 +23,7 @@
 pub mod connections;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use parking_lot::Mutex;
@@ -324,6 +324,7 @@ impl Ledger {
             duration: f.duration.get_or_create(&labels).clone(),
             connections_rejected: f.connections_rejected.get_or_create(&labels).clone(),
             connections: ConnectionRegistry::default(),
+            queue_detail: OnceLock::new(),
         });
         self.components.lock().push(component.clone());
         component
@@ -355,6 +356,7 @@ impl Ledger {
         let balanced = previous.iter().all(|c| c.balanced);
         for (stats, component) in previous.iter_mut().zip(&components) {
             stats.connections = component.connections.snapshot();
+            stats.queue = component.queue_detail.get().map(|detail| detail());
         }
         Stats {
             uptime_seconds: self.started.elapsed().as_secs_f64(),
@@ -393,7 +395,12 @@ pub struct ComponentLedger {
     pub connections_rejected: Counter,
     /// Open connections of a stream source.
     pub connections: ConnectionRegistry,
+    /// A sink's queue describing itself at `/stats` (the disk queue's syncs, segments, …).
+    pub queue_detail: OnceLock<QueueDetail>,
 }
+
+/// Reads a queue's own figures for `/stats`.
+pub type QueueDetail = Box<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 impl ComponentLedger {
     pub fn dropped(&self, reason: DropReason, events: u64) {
@@ -444,6 +451,7 @@ impl ComponentLedger {
             connections_rejected: self.connections_rejected.get(),
             balanced,
             connections: None,
+            queue: None,
         }
     }
 }
@@ -467,6 +475,9 @@ pub struct ComponentStats {
     /// Stream sources only: their open connections.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connections: Option<ConnectionsSnapshot>,
+    /// Sinks with a disk queue: its figures (bytes and segments on disk, syncs, corruption).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Serialize)]

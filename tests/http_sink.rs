@@ -177,3 +177,30 @@ async fn ready_health_and_metrics_answer_on_the_admin_listener() {
     assert_eq!(not_get.status(), StatusCode::METHOD_NOT_ALLOWED);
     relay.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_source_speaks_h2c_on_the_same_port() {
+    let upstream = Upstream::start().await;
+    let relay = TestRelay::start(&batch_config(&upstream.url(), "")).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .no_proxy()
+        .build()
+        .expect("client");
+    for i in 0..10 {
+        let response = h2
+            .post(relay.url("api", "/"))
+            .body(format!("{{\"n\":{i}}}"))
+            .send()
+            .await
+            .expect("h2c request");
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+    }
+    relay.assert_settled_and_balanced().await;
+    assert_eq!(
+        relay.component("batched").await["delivered"].as_u64(),
+        Some(10)
+    );
+    relay.shutdown().await;
+}

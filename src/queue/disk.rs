@@ -70,6 +70,28 @@ impl DiskQueue {
         };
         let (log, report) = sluice_diskq::DiskQueue::open(dir, opts)?;
         account_recovery(&report, &ledger, dir);
+        let probe = log.clone();
+        let recovered = serde_json::json!({
+            "replayed": report.replayed_records,
+            "corrupt_records": report.corrupt_records,
+            "corrupt_bytes": report.corrupt_bytes,
+            "truncated_bytes": report.truncated_bytes,
+        });
+        let _ = ledger.queue_detail.set(Box::new(move || {
+            let s = probe.stats();
+            serde_json::json!({
+                "type": "disk",
+                "bytes_on_disk": s.bytes_on_disk,
+                "segments": s.segments,
+                "unacked_records": s.unacked_records,
+                "fsyncs": s.fsyncs,
+                "records_synced": s.records_synced,
+                "records_per_fsync": if s.fsyncs == 0 { 0.0 } else { s.records_synced as f64 / s.fsyncs as f64 },
+                "checkpoints": s.checkpoints,
+                "corrupt_records": s.corrupt_records,
+                "recovered_at_start": recovered,
+            })
+        }));
         Ok(Self {
             log,
             when_full,
