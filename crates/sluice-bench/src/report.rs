@@ -357,9 +357,10 @@ pub fn table(rows: &[RunResult], summaries: &[Summary]) -> String {
             format!(" [{}–{}]", human(e.min), human(e.max))
         });
         out.push_str(&format!(
-            "{} {} median of {}: {} events/s{}, {} MiB/s, sent {}/s, p50 {} p99 {} max {}, producer p99 {} \
-             (longest stall {}), CPU {} µs/event (harness {}), peak RSS {} MiB; refused {}, lost {}, duplicates {}, reordered {}, \
-             garbage {}\n",
+            "{} {} median of {}: {} events/s{}, {} MiB/s, sent {}/s, p50 {} p99 {} max {}, \
+             producer p99 {} (longest stall {}), CPU {} µs/event (harness {}), \
+             peak RSS {} MiB; summed over the runs: refused {}, lost {}, duplicates {}, \
+             reordered {}, garbage {}\n",
             format!("{:?}", s.scenario).to_lowercase(),
             s.target,
             s.runs,
