@@ -62,9 +62,10 @@
 //! - [`DiskQueue::append`] assigns the next seq and buffers the record; it fails fast with
 //!   [`AppendError::Full`] at `max_bytes` (nothing is ever dropped by this crate).
 //! - The writer thread publishes two watermarks: *written* (handed to the OS) and *durable*
-//!   (covered by the sync policy). Readers see records once written, before they are durable:
-//!   delivery does not wait for the sync. A record delivered and then lost in a power failure
-//!   before its sync was never reported durable, so its producer retries it (at-least-once).
+//!   (covered by the sync policy). Readers see a record once it is durable, so nothing is ever
+//!   delivered that could still vanish or whose producer could still be told it failed (with
+//!   `Always` that costs the reader one group sync; [`Options::read_before_durable`] trades
+//!   this away for latency).
 //! - [`DiskQueue::read_batch`] hands each record out once per process lifetime, in order.
 //! - [`DiskQueue::ack`] may arrive out of order; the contiguous low-water mark is written to the
 //!   checkpoint at most every [`Options::checkpoint_interval`] (sooner when it frees a segment),
@@ -176,6 +177,12 @@ pub struct Options {
     pub checkpoint_interval: Duration,
     /// Bytes of recently written batches kept in memory for readers (default 8 MiB).
     pub read_cache_bytes: usize,
+    /// Hand records to readers as soon as they are written, before they are durable (default
+    /// false). Lowers delivery latency under `SyncPolicy::Every`, at a price: if the sync then
+    /// fails, or the machine loses power first, a record may have been delivered that its
+    /// producer was told failed (or never heard about), and after a power loss its seq may be
+    /// given to another record.
+    pub read_before_durable: bool,
 }
 
 impl Default for Options {
@@ -187,6 +194,7 @@ impl Default for Options {
             sync: SyncPolicy::Always,
             checkpoint_interval: Duration::from_secs(1),
             read_cache_bytes: 8 * 1024 * 1024,
+            read_before_durable: false,
         }
     }
 }

@@ -4,7 +4,8 @@
 //! The [`ReadCursor`] (behind its own mutex, so concurrent readers get disjoint batches) holds
 //! the next seq and its exact file position. Invariants:
 //!
-//! - Only written records (seq below the *written* watermark) are handed out, each once.
+//! - Only visible records are handed out, each once: durable ones (below the *durable*
+//!   watermark), or with `Options::read_before_durable` written ones (below *written*).
 //! - The tail path is zero-copy (payloads are slices of the written batch); the file path reads
 //!   through the scanner's 64 KiB window, so memory is bounded by the batch asked for.
 //! - Records lost to corruption found while reading are skipped, treated as acknowledged, and
@@ -63,9 +64,14 @@ pub(crate) fn try_read(
         if batch.full(&limits) {
             return Ok(Some(batch.out));
         }
-        let (written, chunk) = {
+        let (visible, chunk) = {
             let st = sh.state.lock();
-            if cur.seq >= st.written {
+            let visible = if sh.opts.read_before_durable {
+                st.written
+            } else {
+                st.durable.min(st.written)
+            };
+            if cur.seq >= visible {
                 let closed = sh.progress.borrow().closed;
                 return Ok(if !batch.out.is_empty() || closed {
                     Some(batch.out)
@@ -75,21 +81,27 @@ pub(crate) fn try_read(
             }
             let i = st.tail.partition_point(|c| c.end_seq <= cur.seq);
             let chunk = st.tail.get(i).filter(|c| c.first_seq <= cur.seq).cloned();
-            (st.written, chunk)
+            (visible, chunk)
         };
         let before = cur.seq;
         if let Some(chunk) = chunk {
-            take_from_chunk(&mut cur, &chunk, &mut batch, &limits);
+            take_from_chunk(&mut cur, &chunk, &mut batch, &limits, visible);
         }
         if cur.seq == before {
-            read_from_file(sh, &mut cur, &mut batch, &limits, written)?;
+            read_from_file(sh, &mut cur, &mut batch, &limits, visible)?;
         }
     }
 }
 
 /// Hands out records from a written batch kept in memory. Makes no progress if the cursor's
 /// position does not line up with the chunk (the file path then takes over).
-fn take_from_chunk(cur: &mut ReadCursor, chunk: &TailChunk, batch: &mut Batch, limits: &Limits) {
+fn take_from_chunk(
+    cur: &mut ReadCursor,
+    chunk: &TailChunk,
+    batch: &mut Batch,
+    limits: &Limits,
+    visible: Seq,
+) {
     let rel = if chunk.segment == cur.segment && cur.offset >= chunk.offset {
         cur.offset - chunk.offset
     } else if cur.seq == chunk.first_seq {
@@ -98,7 +110,7 @@ fn take_from_chunk(cur: &mut ReadCursor, chunk: &TailChunk, batch: &mut Batch, l
         return;
     };
     let mut pos = rel as usize;
-    while !batch.full(limits) {
+    while !batch.full(limits) && cur.seq < visible {
         let Some(h) = chunk.bytes.get(pos..).and_then(read_header) else {
             return;
         };

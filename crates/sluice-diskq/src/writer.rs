@@ -303,7 +303,9 @@ impl Writer {
             p.written = written;
             false
         });
-        self.shared.notify_readers();
+        if self.shared.opts.read_before_durable {
+            self.shared.notify_readers();
+        }
         if space {
             self.shared.bump_space();
         }
@@ -341,6 +343,9 @@ impl Writer {
         Counters::add(&self.shared.counters.records_synced, upto - self.durable);
         self.durable = upto;
         self.shared.release_durable(upto);
+        if !self.shared.opts.read_before_durable {
+            self.shared.notify_readers();
+        }
         // For stats and close(); waiters were released above, without waking anyone else.
         self.shared.progress.send_if_modified(|p| {
             p.durable = upto;

@@ -259,6 +259,34 @@ fn inconsistent_options_are_refused() {
 }
 
 #[tokio::test]
+async fn readers_see_records_only_once_durable_unless_asked_otherwise() {
+    for early in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            sync: SyncPolicy::Every(Duration::from_millis(300)),
+            read_before_durable: early,
+            ..small_opts()
+        };
+        let (q, _) = DiskQueue::open(dir.path(), opts).unwrap();
+        let seq = q.append(b"one").unwrap();
+        let started = std::time::Instant::now();
+        let got = q.read_batch(10, 1 << 20).await.unwrap();
+        assert_eq!(got[0].0, seq);
+        let waited = started.elapsed();
+        if early {
+            assert!(waited < Duration::from_millis(250), "{waited:?}");
+            assert_eq!(
+                q.stats().durable_seq,
+                0,
+                "handed out before the periodic sync"
+            );
+        } else {
+            assert_eq!(q.stats().durable_seq, 1, "handed out only after the sync");
+        }
+    }
+}
+
+#[tokio::test]
 async fn every_policy_makes_records_durable_after_the_interval() {
     let dir = tempfile::tempdir().unwrap();
     let opts = Options {

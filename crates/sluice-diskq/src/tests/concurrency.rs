@@ -1,6 +1,8 @@
 //! Many writers, a reader and out-of-order acks at once, with a queue small enough to fill.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::small_opts;
@@ -33,11 +35,16 @@ fn concurrent_writers_readers_and_acks_lose_nothing_across_a_restart() {
     };
     let (q, _) = DiskQueue::open(dir.path(), opts.clone()).unwrap();
     let (appended, read) = rt.block_on(async {
+        let filled = Arc::new(AtomicBool::new(false));
         let reader = {
             let q = q.clone();
+            let filled = filled.clone();
             tokio::spawn(async move {
-                // Start late, so that the writers fill the queue first.
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                // Start only once a writer has seen the queue full.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                while !filled.load(Ordering::SeqCst) && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
                 let mut read = BTreeMap::new();
                 while (read.len() as u64) < TOTAL {
                     let batch = q.read_batch(64, 64 * 1024).await.unwrap();
@@ -58,6 +65,7 @@ fn concurrent_writers_readers_and_acks_lose_nothing_across_a_restart() {
         let mut writers = Vec::new();
         for w in 0..WRITERS {
             let q = q.clone();
+            let filled = filled.clone();
             writers.push(tokio::spawn(async move {
                 let mut mine = Vec::new();
                 let mut fulls = 0u32;
@@ -68,6 +76,7 @@ fn concurrent_writers_readers_and_acks_lose_nothing_across_a_restart() {
                             Ok(seq) => break seq,
                             Err(AppendError::Full { .. }) => {
                                 fulls += 1;
+                                filled.store(true, Ordering::SeqCst);
                                 q.wait_space().await;
                             }
                             Err(e) => panic!("append: {e}"),

@@ -20,6 +20,7 @@ pub(crate) fn small_opts() -> Options {
         sync: SyncPolicy::Always,
         checkpoint_interval: Duration::from_millis(20),
         read_cache_bytes: 16 * 1024,
+        read_before_durable: false,
     }
 }
 

@@ -86,8 +86,10 @@ impl Model {
 }
 
 /// `max_bytes` is either roomy or 16 KiB (four segments), so that `Full`, roll-over of a fully
-/// acknowledged segment and deletion all happen between crashes.
-fn opts(sync: SyncPolicy, small: bool) -> Options {
+/// acknowledged segment and deletion all happen between crashes. With `early` (reading before
+/// durable), acknowledged records can be lost in a crash, which exercises a checkpoint ahead of
+/// the data.
+fn opts(sync: SyncPolicy, small: bool, early: bool) -> Options {
     Options {
         max_bytes: if small { 16 * 1024 } else { 1 << 30 },
         segment_bytes: 4096,
@@ -95,16 +97,27 @@ fn opts(sync: SyncPolicy, small: bool) -> Options {
         sync,
         checkpoint_interval: Duration::from_millis(2),
         read_cache_bytes: 2048,
+        read_before_durable: early,
     }
 }
 
-fn open(dir: &Path, sync: SyncPolicy, small: bool) -> (DiskQueue, crate::RecoveryReport) {
-    DiskQueue::open(dir, opts(sync, small)).expect("reopen must never fail on crash damage")
+fn open(
+    dir: &Path,
+    sync: SyncPolicy,
+    small: bool,
+    early: bool,
+) -> (DiskQueue, crate::RecoveryReport) {
+    DiskQueue::open(dir, opts(sync, small, early)).expect("reopen must never fail on crash damage")
 }
 
-async fn run(sync: SyncPolicy, small: bool, ops: Vec<Op>) -> Result<(), TestCaseError> {
+async fn run(
+    sync: SyncPolicy,
+    small: bool,
+    early: bool,
+    ops: Vec<Op>,
+) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
-    let (mut q, _) = open(dir.path(), sync, small);
+    let (mut q, _) = open(dir.path(), sync, small, early);
     let mut m = Model::default();
     for op in ops {
         match op {
@@ -136,7 +149,13 @@ async fn run(sync: SyncPolicy, small: bool, ops: Vec<Op>) -> Result<(), TestCase
             Op::Read { max } => {
                 if let Some(batch) = q.try_read_batch(max as usize, 1 << 20).unwrap() {
                     prop_assert!(!batch.is_empty() && batch.len() <= max as usize);
+                    let durable = q.stats().durable_seq;
                     for (seq, bytes) in batch {
+                        prop_assert!(
+                            early || seq < durable,
+                            "seq {} handed out before durable",
+                            seq
+                        );
                         prop_assert_eq!(seq, m.read_next, "out of order or gap");
                         prop_assert_eq!(
                             Some(&bytes.to_vec()),
@@ -164,7 +183,7 @@ async fn run(sync: SyncPolicy, small: bool, ops: Vec<Op>) -> Result<(), TestCase
                 q.close().await.unwrap();
                 prop_assert_eq!(q.stats().checkpointed_low_water, m.low);
                 drop(q);
-                let (nq, report) = open(dir.path(), sync, small);
+                let (nq, report) = open(dir.path(), sync, small, early);
                 q = nq;
                 prop_assert_eq!(report.acked_low_water, m.low);
                 prop_assert_eq!(report.next_seq, m.next_seq);
@@ -189,7 +208,7 @@ async fn run(sync: SyncPolicy, small: bool, ops: Vec<Op>) -> Result<(), TestCase
                             .unwrap();
                     }
                 }
-                let (nq, report) = open(dir.path(), sync, small);
+                let (nq, report) = open(dir.path(), sync, small, early);
                 q = nq;
                 let (low, next) = (report.acked_low_water, report.next_seq);
                 prop_assert!(
@@ -236,9 +255,10 @@ proptest! {
     fn queue_matches_the_model_across_crashes_and_reopens(
         sync in policy(),
         small in any::<bool>(),
+        early in any::<bool>(),
         ops in proptest::collection::vec(op(), 1..60),
     ) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(run(sync, small, ops))?;
+        rt.block_on(run(sync, small, early, ops))?;
     }
 }
