@@ -420,6 +420,18 @@ pub fn table(rows: &[RunResult], summaries: &[Summary]) -> String {
             a.median / b.median
         ));
     }
+    let p99 = |t: Target| {
+        summaries
+            .iter()
+            .find(|s| s.target == t)
+            .and_then(|s| s.latency_p99_us)
+    };
+    if let (Some(a), Some(b)) = (p99(Target::Sluice), p99(Target::Rsyslog)) {
+        out.push_str(&format!(
+            "sluice/rsyslog p99 latency: {:.2}× (lower is better; compare at a fixed --rate)\n",
+            a.median / b.median
+        ));
+    }
     if let (Some(a), Some(b)) = (find(Target::Sluice), find(Target::Baseline)) {
         out.push_str(&format!(
             "sluice/baseline events/s: {:.0}% of the no-relay ceiling\n",
