@@ -301,4 +301,5 @@ where
         worker.await.expect("worker");
     }
 }
+pub mod process;
 pub mod sockets;
