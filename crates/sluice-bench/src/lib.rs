@@ -125,9 +125,9 @@ pub struct BenchArgs {
     /// Override the sink's queue (S2's default is disk, the others memory).
     #[arg(long, value_enum)]
     pub queue: Option<QueueKind>,
-    /// Source ack point: received | durable | delivered (default: durable for S2 over HTTP,
-    /// otherwise unset; a TCP source has none).
-    #[arg(long)]
+    /// Source ack point (default: durable for S2 over HTTP, otherwise unset; a TCP source has
+    /// none).
+    #[arg(long, value_parser = ["received", "durable", "delivered"])]
     pub ack: Option<String>,
     /// HTTP sink encoding: ndjson | json_array.
     #[arg(long, default_value = "ndjson", value_parser = ["ndjson", "json_array"])]

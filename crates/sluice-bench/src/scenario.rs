@@ -34,7 +34,7 @@ pub const QUIET: Duration = Duration::from_secs(2);
 pub enum ScenarioName {
     /// TCP lines in, memory queue, TCP out; 4 connections.
     S1,
-    /// S1 with the disk queue, ack = durable, sync = always.
+    /// S1 with the disk queue, sync = always (ack = durable when the source is HTTP).
     S2,
     /// One HTTP POST per event, 32 keep-alive connections, forwarded upstream by the http sink.
     S3,
