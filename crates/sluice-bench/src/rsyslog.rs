@@ -101,3 +101,29 @@ pub async fn start(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_is_private_to_the_run() {
+        let listen: SocketAddr = "127.0.0.1:5514".parse().expect("addr");
+        let out: SocketAddr = "127.0.0.1:6514".parse().expect("addr");
+        let c = config(Path::new("/tmp/run/rsyslog-work"), listen, out);
+        assert!(
+            c.contains(r#"workDirectory="/tmp/run/rsyslog-work""#),
+            "{c}"
+        );
+        assert!(c.contains(r#"address="127.0.0.1" port="5514""#), "{c}");
+        assert!(
+            c.contains(r#"target="127.0.0.1" port="6514" protocol="tcp""#),
+            "{c}"
+        );
+        assert!(c.contains("%rawmsg%"), "lines must be forwarded verbatim");
+        assert!(
+            !c.contains("imuxsock") && !c.contains("/dev/log"),
+            "never the system socket"
+        );
+    }
+}
