@@ -22,6 +22,31 @@ use crate::{AppendError, Error, Options, RecoveryReport, Seq, Stats, recovery};
 /// File name of the directory lock.
 pub const LOCK_FILE: &str = "lock";
 
+/// How long `open` keeps trying to lock a directory before reporting it locked. A lock can be
+/// held for a moment by something other than a live owner: `flock` locks belong to the open
+/// file, which a concurrently forked child shares until it calls `exec`, and a previous owner
+/// may still be exiting.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+fn lock_exclusive(lock: &std::fs::File, dir: &Path, lock_path: &Path) -> Result<(), Error> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match fs4::fs_std::FileExt::try_lock_exclusive(lock) {
+            Ok(true) => return Ok(()),
+            Ok(false) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Ok(false) => {
+                return Err(Error::Locked {
+                    dir: dir.to_path_buf(),
+                    lock: lock_path.to_path_buf(),
+                });
+            }
+            Err(e) => return Err(Error::io("lock", lock_path, None, e)),
+        }
+    }
+}
+
 /// A durable FIFO queue of byte records stored in a directory. Cheap to clone; `Send + Sync`.
 #[derive(Clone, Debug)]
 pub struct DiskQueue {
@@ -84,16 +109,7 @@ impl DiskQueue {
             .truncate(false)
             .open(&lock_path)
             .map_err(|e| Error::io("open", &lock_path, None, e))?;
-        match fs4::fs_std::FileExt::try_lock_exclusive(&lock) {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(Error::Locked {
-                    dir,
-                    lock: lock_path,
-                });
-            }
-            Err(e) => return Err(Error::io("lock", &lock_path, None, e)),
-        }
+        lock_exclusive(&lock, &dir, &lock_path)?;
 
         let rec = recovery::recover(&dir)?;
         tracing::info!(dir = %dir.display(), report = %rec.report, "Opened disk queue.");
