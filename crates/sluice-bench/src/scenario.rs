@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use crate::payload;
 use crate::procstat::{self, Sample};
 use crate::receivers::{HttpControl, HttpReceiver, Mode, TcpReceiver, free_port};
-use crate::relay::{Ledger, Proc, QueueSpec, Relay, RelaySpec, SinkKind, SourceKind};
+use crate::relay::{Proc, QueueSpec, Relay, RelaySpec, SinkKind, SourceKind};
 use crate::report::{Costs, RunResult};
 use crate::senders::{self, LoadPlan, Transport};
 use crate::tracker::{SharedTracker, Tracker};
@@ -341,11 +341,13 @@ async fn measure(
         }
     };
     let harness_after = procstat::sample(me).ok();
+    // Without /stats the row simply has no ledger (never a made-up one of zeros).
     let ledger = match &middle.relay {
-        Some(r) => Some(r.stats().await.unwrap_or_else(|e| {
-            eprintln!("warning: could not read the relay's /stats: {e:#}");
-            Ledger::default()
-        })),
+        Some(r) => r
+            .stats()
+            .await
+            .map_err(|e| eprintln!("warning: could not read the relay's /stats: {e:#}"))
+            .ok(),
         None => None,
     };
     stop(middle.relay.map(|r| r.proc)).await;
