@@ -310,15 +310,22 @@ async fn udp_sink_sends_one_datagram_per_event_and_counts_oversize_events() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sink_peer_going_away_and_coming_back_loses_nothing() {
-    // The memory queue stands in for the disk queue, which does not exist yet.
+async fn the_sink_peer_going_away_and_coming_back_loses_nothing_with_a_memory_queue() {
+    peer_away_and_back("queue = { type = \"memory\", max_events = 100000 }").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_peer_going_away_and_coming_back_loses_nothing_with_a_disk_queue() {
+    peer_away_and_back("queue = { type = \"disk\", sync = \"always\" }").await;
+}
+
+/// Lines sent while the sink's peer is down wait in the queue and arrive, once and in order,
+/// when it is back.
+async fn peer_away_and_back(queue: &str) {
     let (receiver, first) = LineReceiver::collecting().await;
     let relay = TestRelay::start(&relay_config(
         &tcp_source(""),
-        &tcp_sink(
-            receiver.addr,
-            "queue = { type = \"memory\", max_events = 100000 }",
-        ),
+        &tcp_sink(receiver.addr, queue),
     ))
     .await;
     let source = relay.addr("in");
@@ -553,4 +560,86 @@ async fn ten_thousand_connections_at_once_are_served_or_counted() {
     receiver.wait_for(MAX + 1).await;
     relay.assert_settled_and_balanced().await;
     relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_sink_writes_octet_counted_frames() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("out.sock");
+    let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+    let relay = TestRelay::start(&relay_config(
+        &tcp_source(""),
+        &format!(
+            "[sinks.out]\ntype = \"unix\"\ninputs = [\"in\"]\npath = \"{}\"\nframing = \"octet_counting\"",
+            path.display()
+        ),
+    ))
+    .await;
+    send_tcp(relay.addr("in"), b"<13>1 hello\nsecond line\n").await;
+    let (mut stream, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+        .await
+        .expect("the sink connects")
+        .expect("accept");
+    let expected = b"11 <13>1 hello11 second line";
+    let mut got = vec![0u8; expected.len()];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut got))
+        .await
+        .expect("in time")
+        .expect("read");
+    assert_eq!(&got[..], expected);
+    relay.assert_settled_and_balanced().await;
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_a_source_blocked_on_a_full_queue_and_counts_what_it_held() {
+    // A peer that is never there, and a small blocking queue: the source soon waits.
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let relay = TestRelay::start(
+        &relay_config(
+            &tcp_source(""),
+            &tcp_sink(
+                nobody,
+                "queue = { type = \"memory\", max_events = 10, when_full = \"block\" }\nbatch = { max_events = 5 }",
+            ),
+        )
+        .replace("shutdown_timeout = \"5s\"", "shutdown_timeout = \"2s\""),
+    )
+    .await;
+    let mut producer = TcpStream::connect(relay.addr("in")).await.expect("connect");
+    for i in 0..100 {
+        producer
+            .write_all(format!("line {i}\n").as_bytes())
+            .await
+            .expect("write");
+    }
+    relay
+        .wait_for("the source to block", |s| {
+            component(s, "in")["in_flight"] == 1
+        })
+        .await;
+    let ledger = relay.relay.ledger.clone();
+    let started = std::time::Instant::now();
+    let report = relay.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    assert!(!report.drained);
+    let stats = ledger.stats();
+    let source = stats
+        .components
+        .iter()
+        .find(|c| c.name == "in")
+        .expect("source");
+    assert!(source.balanced, "{source:?}");
+    assert_eq!(source.in_flight, 0);
+    assert!(
+        source.dropped.get("shutting_down").is_some_and(|n| *n >= 1),
+        "{source:?}"
+    );
 }
