@@ -152,6 +152,11 @@ impl DiskQueue {
         self.log.wait_durable(seq).await.map_err(|_| PushError::Io)
     }
 
+    /// The last record appended so far, if any.
+    pub fn sync_mark(&self) -> Option<Seq> {
+        self.log.stats().next_seq.checked_sub(1)
+    }
+
     /// The next batch (events with their record sequences); empty once closed and drained.
     pub async fn next_batch(&self, limits: BatchLimits) -> (Vec<Arc<Event>>, Vec<Seq>) {
         let max_events = limits.max_events.max(1);

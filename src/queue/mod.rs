@@ -397,6 +397,24 @@ impl SinkQueue {
         }
     }
 
+    /// The last record appended to the disk (tier) so far, if any.
+    pub fn sync_mark(&self) -> Option<Seq> {
+        match self {
+            SinkQueue::Memory(_) => None,
+            SinkQueue::Disk(q) => q.sync_mark(),
+            SinkQueue::Spill(q) => q.sync_mark(),
+        }
+    }
+
+    /// Resolves once the disk (tier) is durable up to `mark`.
+    pub async fn wait_mark(&self, mark: Option<Seq>) -> Result<(), PushError> {
+        match (self, mark) {
+            (SinkQueue::Disk(q), Some(seq)) => q.wait_durable(seq).await,
+            (SinkQueue::Spill(q), Some(seq)) => q.wait_durable(seq).await,
+            _ => Ok(()),
+        }
+    }
+
     /// The next batch; empty only once the queue is closed and drained (memory) or closed
     /// (disk: what is left stays on disk).
     pub async fn next_batch(&self, limits: BatchLimits) -> Batch {

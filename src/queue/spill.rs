@@ -57,6 +57,10 @@ impl SpillQueue {
         self.disk.wait_durable(seq).await
     }
 
+    pub fn sync_mark(&self) -> Option<Seq> {
+        self.disk.sync_mark()
+    }
+
     /// Memory first, then disk; empty once closed and the memory tier is drained.
     pub async fn next_batch(&self, limits: BatchLimits) -> (Vec<Arc<Event>>, Vec<Seq>) {
         loop {

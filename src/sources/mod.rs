@@ -26,7 +26,7 @@ use crate::config::error::{ConfigError, Locator};
 use crate::config::typed::parse_table;
 use crate::event::{DeliveryTracker, Event, IdGenerator};
 use crate::ledger::{ComponentLedger, DropReason};
-use crate::queue::{PushError, SinkQueue};
+use crate::queue::{PushError, Seq, SinkQueue};
 
 /// The kind-specific config of a source.
 #[derive(Debug, Clone)]
@@ -145,6 +145,21 @@ impl Fanout {
             });
         }
         Ok(Acked::Yes)
+    }
+
+    /// Where each disk queue this source feeds has appended up to, now: a mark to wait on with
+    /// [`Fanout::wait_marks`]. (A watermark: it covers other producers' events appended before
+    /// it too, which is what lets one sync serve them all.)
+    pub fn sync_marks(&self) -> Vec<Option<Seq>> {
+        self.queues.iter().map(|q| q.sync_mark()).collect()
+    }
+
+    /// Waits until the disk queues are synced up to `marks`.
+    pub async fn wait_marks(&self, marks: &[Option<Seq>]) -> Result<(), DropReason> {
+        for (queue, mark) in self.queues.iter().zip(marks) {
+            queue.wait_mark(*mark).await.map_err(drop_reason)?;
+        }
+        Ok(())
     }
 
     /// Whether any queue this source feeds is durable (so `durable` acks mean something).

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::framing::{Decoder, Frame, Framing, strip_prefix};
-use super::{Fanout, SourceContext};
+use super::{AckPoint, Fanout, SourceContext};
 use crate::config::error::{ConfigError, Locator};
 use crate::config::{ByteSize, HumanDuration};
 use crate::event::{Attributes, Event, IdGenerator};
@@ -59,6 +59,7 @@ pub struct StreamOptions {
     pub max_connections: usize,
     pub idle_timeout: Option<HumanDuration>,
     pub partial_frame_timeout: HumanDuration,
+    pub ack: Option<AckPoint>,
 }
 
 pub mod defaults {
@@ -77,6 +78,13 @@ pub mod defaults {
 impl StreamOptions {
     pub fn validate(&self, prefix: &str, locator: &Locator) -> Vec<ConfigError> {
         let mut errors = Vec::new();
+        if self.ack == Some(AckPoint::Delivered) {
+            errors.push(locator.error_with_hint(
+                &format!("{prefix}.ack"),
+                "a stream has no answer to hold back until delivery",
+                "use \"durable\" (reads wait for the disk queue's sync) or \"received\"",
+            ));
+        }
         if self.max_frame_bytes.0 == 0 {
             errors.push(locator.error(
                 &format!("{prefix}.max_frame_bytes"),
@@ -141,12 +149,15 @@ struct StreamSource {
     shutdown: CancellationToken,
     grace: Duration,
     warn_throttle: Throttle,
+    /// Wait for the disk queues' sync after each read.
+    durable: bool,
 }
 
 /// Serves `listener` until shutdown, then waits (up to the grace period) for connections.
 pub async fn serve<L: StreamListener>(listener: L, options: StreamOptions, context: SourceContext) {
     context.ledger.connections.track();
     let max_connections = options.max_connections;
+    let any_durable = context.fanout.any_durable();
     let source = Arc::new(StreamSource {
         name: context.name,
         fanout: context.fanout,
@@ -160,6 +171,11 @@ pub async fn serve<L: StreamListener>(listener: L, options: StreamOptions, conte
         shutdown: context.shutdown,
         grace: context.grace,
         warn_throttle: Throttle::default(),
+        durable: options.ack.unwrap_or(if any_durable {
+            AckPoint::Durable
+        } else {
+            AckPoint::Received
+        }) == AckPoint::Durable,
     });
     let slots = Arc::new(Semaphore::new(max_connections));
     let accept_errors = Throttle::default();
@@ -216,6 +232,7 @@ impl StreamSource {
         let connection = self.ledger.connections.open(peer.label);
         let mut decoder = Decoder::new(self.framing, self.max_frame_bytes);
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let mut unsynced = None;
         let end = loop {
             if buf.capacity() - buf.len() < MIN_READ {
                 buf.reserve(READ_CHUNK);
@@ -257,6 +274,22 @@ impl StreamSource {
             connection.record(n as u64, events);
             if abandoned {
                 break End::Shutdown;
+            }
+            // ack = durable: before the next read, what the previous read held is synced, so at
+            // most one read per connection is ever unsynced, and TCP flow control carries the
+            // disk's pace back to the producer. Waiting one read behind lets appending overlap
+            // syncing; one sync serves every connection waiting at that moment.
+            if self.durable && events > 0 {
+                let mark = self.fanout.sync_marks();
+                if let Some(previous) = unsynced.replace(mark) {
+                    if let Err(reason) = self.fanout.wait_marks(&previous).await {
+                        self.warn(
+                            &connection.peer,
+                            "The disk queue cannot sync; closing the connection.",
+                        );
+                        break End::Error(io::Error::other(reason.as_str()));
+                    }
+                }
             }
         };
         match end {

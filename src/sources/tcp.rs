@@ -26,7 +26,7 @@ use tracing::info;
 
 use super::framing::Framing;
 use super::stream::{self, Peer, StreamListener, StreamOptions, defaults};
-use super::{RunningSource, SourceContext};
+use super::{AckPoint, RunningSource, SourceContext};
 use crate::config::error::{ConfigError, Locator};
 use crate::config::{ByteSize, HumanDuration};
 
@@ -46,6 +46,10 @@ pub struct TcpSourceConfig {
     pub idle_timeout: Option<HumanDuration>,
     #[serde(default = "defaults::partial_frame_timeout")]
     pub partial_frame_timeout: HumanDuration,
+    /// `durable`: read nothing more until what the last read held is synced to the disk
+    /// queues (the default when a sink's queue is on disk); `received`: don't wait.
+    #[serde(default)]
+    pub ack: Option<AckPoint>,
 }
 
 impl TcpSourceConfig {
@@ -57,6 +61,7 @@ impl TcpSourceConfig {
             max_connections: self.max_connections,
             idle_timeout: self.idle_timeout,
             partial_frame_timeout: self.partial_frame_timeout,
+            ack: self.ack,
         }
     }
 

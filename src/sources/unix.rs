@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 use super::framing::Framing;
 use super::stream::{self, Peer, StreamListener, StreamOptions, defaults};
-use super::{RunningSource, SourceContext};
+use super::{AckPoint, RunningSource, SourceContext};
 use crate::config::error::{ConfigError, Locator};
 use crate::config::{ByteSize, HumanDuration};
 
@@ -47,6 +47,10 @@ pub struct UnixSourceConfig {
     pub idle_timeout: Option<HumanDuration>,
     #[serde(default = "defaults::partial_frame_timeout")]
     pub partial_frame_timeout: HumanDuration,
+    /// `durable`: read nothing more until what the last read held is synced to the disk
+    /// queues (the default when a sink's queue is on disk); `received`: don't wait.
+    #[serde(default)]
+    pub ack: Option<AckPoint>,
 }
 
 fn default_mode() -> u32 {
@@ -97,6 +101,7 @@ impl UnixSourceConfig {
             max_connections: self.max_connections,
             idle_timeout: self.idle_timeout,
             partial_frame_timeout: self.partial_frame_timeout,
+            ack: self.ack,
         }
     }
 
