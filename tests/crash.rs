@@ -23,6 +23,7 @@ const PRODUCERS: usize = 16;
 
 const DURABLE_SOURCE: &str = r#"ack = "durable""#;
 const SYNCED_DISK_QUEUE: &str = r#"queue = { type = "disk", sync = "always" }"#;
+const ALWAYS: &str = r#""always""#;
 
 /// The seed of the kill points: `SLUICE_TEST_SEED` to repeat a run, else a random one.
 fn seed() -> u64 {
@@ -56,20 +57,24 @@ async fn every_request_acknowledged_before_a_sigkill_is_delivered_after_the_rest
     let seed = seed();
     println!("kill points seeded with {seed} (SLUICE_TEST_SEED={seed} repeats them)");
     let mut rng = fastrand::Rng::with_seed(seed);
-    // Upstream down during the load (the brief of S7), then once with a slow upstream up, so
-    // that deliveries are in flight at the kill and at-least-once shows as duplicates.
+    // Upstream down during the load (S7), fsync before every ack; then once with a slow
+    // upstream up, so that deliveries are in flight at the kill and at-least-once shows as
+    // duplicates; then the other sync policies, whose durable acks wait for a periodic sync or
+    // only for write(2) (enough to survive the death of the process, which is all SIGKILL does).
     let plan = [
-        (0.1, DuringLoad::Down),
-        (0.5, DuringLoad::Down),
-        (0.9, DuringLoad::Down),
-        (0.5, DuringLoad::Slow),
+        (0.1, DuringLoad::Down, ALWAYS),
+        (0.5, DuringLoad::Down, ALWAYS),
+        (0.9, DuringLoad::Down, ALWAYS),
+        (0.5, DuringLoad::Slow, ALWAYS),
+        (0.25, DuringLoad::Down, r#"{ every = "50ms" }"#),
+        (0.5, DuringLoad::Down, r#""never""#),
     ];
-    for (round, (share, upstream)) in plan.into_iter().enumerate() {
+    for (round, (share, upstream, sync)) in plan.into_iter().enumerate() {
         let jitter = rng.f64() * 0.1 - 0.05;
         let kill_at = ((share + jitter) * REQUESTS as f64) as usize;
-        let r = crash_and_restart(round, kill_at, upstream).await;
+        let r = crash_and_restart(round, kill_at, upstream, sync).await;
         println!(
-            "kill point {round} (upstream {upstream:?} during the load): SIGKILL at request {} of \
+            "kill point {round} (upstream {upstream:?} during the load, sync = {sync}): SIGKILL at request {} of \
              {REQUESTS}: {} acknowledged, {} cut off ({} of those stored and delivered all the \
              same), {} delivered before the kill; after the restart {} replayed, {} delivered, \
              {} duplicates",
@@ -97,7 +102,12 @@ enum DuringLoad {
 /// Sends up to [`REQUESTS`] requests from [`PRODUCERS`] producers; the producer that draws
 /// request number `kill_at` SIGKILLs the relay instead. Then restarts it with the upstream up
 /// and checks that every acknowledged request arrives.
-async fn crash_and_restart(round: usize, kill_at: usize, during_load: DuringLoad) -> Round {
+async fn crash_and_restart(
+    round: usize,
+    kill_at: usize,
+    during_load: DuringLoad,
+    sync: &str,
+) -> Round {
     let dir = tempfile::tempdir().expect("temp dir");
     let upstream = Upstream::start().await;
     upstream.set(Behaviour {
@@ -115,7 +125,7 @@ async fn crash_and_restart(round: usize, kill_at: usize, during_load: DuringLoad
     let config = http_relay_config(
         &format!("http://{address}"),
         DURABLE_SOURCE,
-        SYNCED_DISK_QUEUE,
+        &format!(r#"queue = {{ type = "disk", sync = {sync} }}"#),
     );
     let mut relay = Sluice::start(dir.path(), &config).await;
 
