@@ -493,6 +493,42 @@ async fn a_full_queue_that_drops_newest_refuses_at_once_and_keeps_what_it_acknow
     assert_eq!(relay.terminate().await, Some(0), "{}", relay.log_text());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "relay bug: `max_bytes` under 16MiB without `max_event_bytes` passes `sluice validate` \
+            but `sluice run` exits 1 (the default max_event_bytes of 16MiB does not fit); \
+            QueueConfig::validate in src/queue/mod.rs does not compare the two"]
+async fn a_small_disk_queue_that_passes_validate_also_runs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The smallest disk queue the config allows, with the default largest event.
+    let config = http_relay_config(
+        "http://127.0.0.1:9",
+        "",
+        r#"queue = { type = "disk", max_bytes = "1MiB" }"#,
+    );
+    let path = dir.path().join("validate.toml");
+    let text = config
+        .replace("{data_dir}", &dir.path().join("data").display().to_string())
+        .replace("{admin}", "127.0.0.1:0")
+        .replace("{api}", "127.0.0.1:0");
+    std::fs::write(&path, text).expect("write config");
+    let validated = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["validate", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run sluice validate");
+    if validated.status.success() {
+        // Panics with the log if it does not start.
+        let mut relay = Sluice::start(dir.path(), &config).await;
+        assert_eq!(relay.terminate().await, Some(0), "{}", relay.log_text());
+    } else {
+        let errors = String::from_utf8_lossy(&validated.stderr);
+        assert!(
+            errors.contains("max_event_bytes"),
+            "validate names the setting to change: {errors}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // A failing disk
 // ---------------------------------------------------------------------------------------------
@@ -677,9 +713,6 @@ async fn a_disk_that_runs_out_of_space_refuses_with_503_and_never_acknowledges_w
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "relay bug: an event whose disk write fails after it was appended stays counted \
-            `queued` in the sink forever and is not counted `io_error` (src/queue/disk.rs, \
-            DiskQueue::wait_durable)"]
 async fn an_event_the_disk_could_not_store_is_counted_io_error_by_the_sink_not_left_queued() {
     let Some(mut full) = fill_a_small_disk().await else {
         return;

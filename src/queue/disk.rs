@@ -37,13 +37,21 @@ pub struct DiskQueue {
     when_full: WhenFull,
     ledger: Arc<ComponentLedger>,
     /// Events someone waits on, by record sequence (see the module doc).
-    waiting: Mutex<HashMap<Seq, Arc<Event>>>,
+    /// Also the lock that orders a write failure's accounting against the reader.
+    waiting: Mutex<Waiting>,
     /// Source names seen in records, shared so recovered events do not each hold a copy.
     names: Mutex<HashMap<Bytes, Arc<str>>>,
     errors: Throttle,
     /// Cancelled by `close`: the driver takes no more batches and abandons the ones in flight
     /// (unacknowledged, they are delivered again after the restart); the rest stays on disk.
     stop: CancellationToken,
+}
+
+/// Events someone waits on, and the records a write failure lost.
+#[derive(Default)]
+struct Waiting {
+    events: HashMap<Seq, Arc<Event>>,
+    lost: Option<std::ops::Range<Seq>>,
 }
 
 /// Settings of one disk queue.
@@ -96,7 +104,7 @@ impl DiskQueue {
             log,
             when_full,
             ledger,
-            waiting: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(Waiting::default()),
             names: Mutex::new(HashMap::new()),
             errors: Throttle::default(),
             stop: CancellationToken::new(),
@@ -112,7 +120,7 @@ impl DiskQueue {
             match self.log.append(&record) {
                 Ok(seq) => {
                     if event.has_waiters() {
-                        self.waiting.lock().insert(seq, event);
+                        self.waiting.lock().events.insert(seq, event);
                     }
                     self.ledger.queued_events.inc();
                     self.ledger.queued_bytes.inc_by(record.len() as i64);
@@ -136,6 +144,7 @@ impl DiskQueue {
                     if let Some(suppressed) = self.errors.check() {
                         warn!(sink = %self.ledger.name, %error, suppressed, "Cannot write to the disk queue; refusing events.");
                     }
+                    self.account_write_failure();
                     return Err(self.refuse(DropReason::IoError, PushError::Io));
                 }
             }
@@ -149,7 +158,26 @@ impl DiskQueue {
 
     /// Resolves once the record is durable per the sync policy; an error means it never will be.
     pub async fn wait_durable(&self, seq: Seq) -> Result<(), PushError> {
-        self.log.wait_durable(seq).await.map_err(|_| PushError::Io)
+        self.log.wait_durable(seq).await.map_err(|_| {
+            self.account_write_failure();
+            PushError::Io
+        })
+    }
+
+    /// After the log's writer failed, the records appended but neither synced nor handed out
+    /// yet will never be: they are counted `io_error` once, and skipped if they are read.
+    fn account_write_failure(&self) {
+        let mut waiting = self.waiting.lock();
+        if waiting.lost.is_some() {
+            return;
+        }
+        let stats = self.log.stats();
+        let lost = stats.durable_seq.max(stats.read_seq)..stats.next_seq;
+        let count = lost.end.saturating_sub(lost.start);
+        waiting.events.retain(|seq, _| !lost.contains(seq));
+        waiting.lost = Some(lost);
+        self.ledger.queued_events.dec_by(count as i64);
+        self.ledger.dropped(DropReason::IoError, count);
     }
 
     /// The last record appended so far, if any.
@@ -183,9 +211,19 @@ impl DiskQueue {
         let mut events = Vec::with_capacity(records.len());
         let mut seqs = Vec::with_capacity(records.len());
         let mut bytes = 0i64;
+        let mut waiting = self.waiting.lock();
         for (seq, record) in records {
             bytes += record.len() as i64;
-            let waiting = self.waiting.lock().remove(&seq);
+            if waiting
+                .lost
+                .as_ref()
+                .is_some_and(|lost| lost.contains(&seq))
+            {
+                // Already counted io_error when the writer failed.
+                self.log.ack(seq);
+                continue;
+            }
+            let waiting = waiting.events.remove(&seq);
             let event = match waiting {
                 Some(event) => event,
                 None => match codec::decode(record, &|name| self.name(name)) {
