@@ -377,3 +377,107 @@ async fn a_replayed_event_reaches_the_upstream_with_the_id_its_producer_was_give
     relay.wait_idle_and_balanced().await;
     assert_eq!(relay.terminate().await, Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigkill_while_the_backlog_is_replayed_loses_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let address = Upstream::start().await.stop();
+    // 1 MiB segments, so the replay acknowledges whole segments and deletes them.
+    let config = http_relay_config(
+        &format!("http://{address}"),
+        DURABLE_SOURCE,
+        r#"queue = { type = "disk", sync = "always", max_bytes = "8MiB", max_event_bytes = "64KiB" }"#,
+    );
+    const EVENTS: usize = 800;
+    let bodies: Vec<String> = (0..EVENTS)
+        .map(|i| format!("{i:05} {}", "y".repeat(4096)))
+        .collect();
+
+    // Run 1: everything acknowledged while the upstream is down, then SIGKILL.
+    let mut relay = Sluice::start(dir.path(), &config).await;
+    let http = client();
+    for (i, body) in bodies.iter().enumerate() {
+        let response = http
+            .post(format!("{}/twice/{i}", relay.api))
+            .body(body.clone())
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), http::StatusCode::ACCEPTED);
+    }
+    relay.kill().await;
+
+    // Run 2: the replay goes to a slow upstream and is killed halfway.
+    let upstream = Upstream::start_on(address).await;
+    upstream.set(Behaviour {
+        delay: Duration::from_millis(2),
+        ..Behaviour::default()
+    });
+    let mut relay = Sluice::start(dir.path(), &config).await;
+    upstream.wait_for(EVENTS / 2).await;
+    relay.kill().await;
+    // Let requests the killed relay had sent finish being recorded.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let in_run_2: HashSet<String> = upstream
+        .received
+        .lock()
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+
+    // Run 3: the rest, and no more than the killed replay may repeat.
+    upstream.set(Behaviour::default());
+    let mut relay = Sluice::start(dir.path(), &config).await;
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    let times = loop {
+        let mut times: HashMap<String, usize> = HashMap::new();
+        for r in upstream.received.lock().iter() {
+            *times
+                .entry(String::from_utf8_lossy(&r.body).into_owned())
+                .or_default() += 1;
+        }
+        if bodies.iter().all(|b| times.contains_key(b)) {
+            break times;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {EVENTS} acknowledged events never arrived; log:\n{}",
+            bodies.iter().filter(|b| !times.contains_key(*b)).count(),
+            relay.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let stats = relay.wait_idle_and_balanced().await;
+    let replayed = relay
+        .log_fields("Disk queue recovered")
+        .first()
+        .and_then(|f| f["replayed"].as_u64())
+        .unwrap_or(0);
+    let duplicates = times.values().filter(|n| **n > 1).count();
+    println!(
+        "second kill: {} delivered before it, {replayed} replayed after it, {duplicates} \
+         duplicates",
+        in_run_2.len()
+    );
+    assert_eq!(times.len(), EVENTS, "only what was sent arrives");
+    for (body, n) in &times {
+        assert!(
+            *n == 1 || *n == 2 && in_run_2.contains(body),
+            "only an event the killed replay delivered may arrive again, once: {} arrived {n} \
+             times",
+            &body[..5]
+        );
+    }
+    assert_eq!(
+        count(component(&stats, "upstream"), "delivered"),
+        replayed,
+        "{stats:#}"
+    );
+    assert_eq!(
+        replayed as usize,
+        EVENTS - in_run_2.len() + duplicates,
+        "the third run replays what the second did not deliver, plus what it delivered but \
+         had not yet checkpointed"
+    );
+    assert_eq!(relay.terminate().await, Some(0), "{}", relay.log_text());
+}
