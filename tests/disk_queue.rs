@@ -147,9 +147,33 @@ async fn damaged_queue_starts_counts_and_delivers_the_rest(
     let lost: HashSet<&String> = damage.lost.iter().collect();
     assert_eq!(lost.len(), damage.lost.len());
 
+    // `sluice queue inspect` sees the damage before the relay does.
+    let queue_dir = dir.path().join("data").join("queues").join("upstream");
+    let inspected = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["queue", "inspect"])
+        .arg(&queue_dir)
+        .output()
+        .expect("run sluice queue inspect");
+    assert!(inspected.status.success(), "{inspected:?}");
+    let inspected = String::from_utf8_lossy(&inspected.stdout);
+    println!("{tag}: sluice queue inspect says\n{inspected}");
+    let intact = events - lost.len();
+    assert!(
+        inspected.contains(&format!("records    {intact} on disk")),
+        "inspect counts the intact records"
+    );
+    assert!(
+        inspected.contains(&format!(
+            "corrupt    {} records, {} bytes",
+            damage.corrupt_records,
+            damage.corrupt_bytes + damage.truncated_bytes
+        )),
+        "inspect counts the damage as recovery will"
+    );
+
     let upstream = Upstream::start_on(address).await;
     let mut relay = Sluice::start(dir.path(), &config).await;
-    let expected = events - lost.len();
+    let expected = intact;
     upstream.wait_for(expected).await;
     let stats = relay.wait_idle_and_balanced().await;
     let got = arrived(&upstream);
