@@ -339,6 +339,62 @@ async fn a_cut_off_end_of_an_earlier_segment_counts_the_lost_record_and_the_rest
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_checkpoint_replays_everything_on_disk_and_loses_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let first = Upstream::start().await;
+    let config = http_relay_config(&first.url(), "", DEFAULT_DISK);
+    let mut relay = Sluice::start(dir.path(), &config).await;
+    let delivered = bodies("delivered", 100, 1024);
+    send_all(&relay, &delivered).await;
+    first.wait_for(delivered.len()).await;
+    relay.wait_idle_and_balanced().await;
+    // The upstream now refuses (503: retried), so the next events stay queued.
+    first.set(Behaviour {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        ..Behaviour::default()
+    });
+    let queued = bodies("queued", 50, 1024);
+    send_all(&relay, &queued).await;
+    assert_eq!(relay.terminate().await, Some(0), "{}", relay.log_text());
+    assert_eq!(relay.last_log_fields()["kept_on_disk"], queued.len());
+
+    let queue_dir = dir.path().join("data").join("queues").join("upstream");
+    let checkpoint = queue_dir.join("checkpoint");
+    let mut bytes = std::fs::read(&checkpoint).expect("a checkpoint after acknowledgements");
+    bytes[10] ^= 0xff;
+    std::fs::write(&checkpoint, bytes).expect("write checkpoint");
+
+    // A new upstream, so that only the replay is seen.
+    let second = Upstream::start().await;
+    let config = http_relay_config(&second.url(), "", DEFAULT_DISK);
+    let mut relay = Sluice::start(dir.path(), &config).await;
+    let all = delivered.len() + queued.len();
+    second.wait_for(all).await;
+    let stats = relay.wait_idle_and_balanced().await;
+    let log = relay.log_text();
+    assert_eq!(
+        relay.log_fields("Ignoring damaged checkpoint").len(),
+        1,
+        "the damaged checkpoint is reported:\n{log}"
+    );
+    let got: HashSet<String> = arrived(&second).into_iter().collect();
+    assert!(
+        queued.iter().all(|b| got.contains(b)),
+        "nothing unacknowledged is lost"
+    );
+    assert_eq!(
+        got.len(),
+        all,
+        "what was delivered before comes again (at-least-once), once"
+    );
+    assert_eq!(second.count(), all);
+    let sink = component(&stats, "upstream");
+    assert_eq!(count(sink, "received"), all as u64, "{stats:#}");
+    assert_eq!(count(sink, "delivered"), all as u64, "{stats:#}");
+    assert_eq!(relay.terminate().await, Some(0), "{log}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // A full queue
 // ---------------------------------------------------------------------------------------------
