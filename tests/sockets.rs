@@ -643,3 +643,27 @@ async fn shutdown_ends_a_source_blocked_on_a_full_queue_and_counts_what_it_held(
         "{source:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_closes_a_quiet_connection_without_a_drop() {
+    let (receiver, _) = LineReceiver::collecting().await;
+    let relay = TestRelay::start(&relay_config(
+        &tcp_source("idle_timeout = \"300ms\""),
+        &tcp_sink(receiver.addr, ""),
+    ))
+    .await;
+    let mut quiet = TcpStream::connect(relay.addr("in")).await.expect("connect");
+    quiet.write_all(b"hello\n").await.expect("write");
+    receiver.wait_for(1).await;
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), quiet.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "the relay closes a connection idle past idle_timeout"
+    );
+    let stats = relay.assert_settled_and_balanced().await;
+    let source = component(&stats, "in");
+    assert_eq!(source["dropped_total"], 0, "{source:#}");
+    assert_eq!(source["connections"]["open"], 0);
+    relay.shutdown().await;
+}
