@@ -27,6 +27,16 @@ fn tcp_source(extra: &str) -> String {
 /// 250,000 lines of 100 bytes per connection, 4 connections: 1,000,000 lines, ~100 MB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_million_lines_over_four_connections_arrive_once_and_in_order() {
+    a_million_lines("").await;
+}
+
+/// The same through a sink that spreads producer connections over 4 connections of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_lines_keep_their_order_over_four_sink_connections() {
+    a_million_lines("connections = 4").await;
+}
+
+async fn a_million_lines(sink_extra: &str) {
     const CONNECTIONS: usize = 4;
     const PER_CONNECTION: u64 = 250_000;
     // Per sending connection: the next sequence number expected at the receiver.
@@ -54,7 +64,9 @@ async fn a_million_lines_over_four_connections_arrive_once_and_in_order() {
         &tcp_source(""),
         &tcp_sink(
             receiver.addr,
-            "queue = { type = \"memory\", max_events = 20000, when_full = \"block\" }",
+            &format!(
+                "queue = {{ type = \"memory\", max_events = 20000, when_full = \"block\" }}\n{sink_extra}"
+            ),
         ),
     ))
     .await;

@@ -18,16 +18,27 @@
 //! batch: the driver's backoff paces reconnects, and events wait in the queue, counted, until
 //! the peer is back.
 //!
-//! Guarantees: order per connection with the default `concurrency = 1` (batches go out one at
-//! a time, in queue order). Delivery is at-least-once: a batch interrupted mid-write is sent
-//! again whole on the next connection, so the receiver may see its first lines twice. Plain TCP
+//! `connections = N` (default 1) opens N connections and splits each batch over them by the
+//! producer connection an event came from (its peer address; events without one use the first),
+//! so one slow receiver connection does not cap the relay, and each producer's events still
+//! travel one connection, in order. The lanes of a batch are written concurrently; a retry
+//! rewrites only the lanes that failed.
+//!
+//! Guarantees: order per producer connection with the default `concurrency = 1` (batches go out
+//! one at a time, in queue order). Delivery is at-least-once: a batch interrupted mid-write is
+//! sent again on the next connection, so the receiver may see its first lines twice. Plain TCP
 //! has no application acknowledgement: bytes a peer had received into its kernel buffer but not
 //! read when it closed are lost with it, and the sink cannot know.
 
 use std::fmt::Write as _;
+use std::future::{Future, poll_fn};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -40,7 +51,7 @@ use tracing::info;
 use super::{Attempt, Sink};
 use crate::config::HumanDuration;
 use crate::config::error::{ConfigError, Locator};
-use crate::event::Event;
+use crate::event::{Attributes, Event};
 use crate::ledger::AttemptOutcome;
 use crate::queue::{BatchConfig, BatchLimits};
 pub use crate::sources::framing::Framing;
@@ -54,6 +65,9 @@ pub mod defaults {
     }
     pub fn write_timeout() -> HumanDuration {
         HumanDuration::from_secs(10)
+    }
+    pub fn connections() -> usize {
+        1
     }
     /// Sockets take what is there at once: a busy queue makes large batches by itself, and a
     /// quiet one gets low latency.
@@ -80,6 +94,9 @@ pub struct TcpSinkConfig {
     pub write_timeout: HumanDuration,
     #[serde(default = "defaults::batch")]
     pub batch: BatchConfig,
+    /// Connections to the destination; events of one producer connection always use the same.
+    #[serde(default = "defaults::connections")]
+    pub connections: usize,
 }
 
 /// `[sinks.NAME] type = "unix"`.
@@ -95,6 +112,22 @@ pub struct UnixSinkConfig {
     pub write_timeout: HumanDuration,
     #[serde(default = "defaults::batch")]
     pub batch: BatchConfig,
+    /// Connections to the destination; events of one producer connection always use the same.
+    #[serde(default = "defaults::connections")]
+    pub connections: usize,
+}
+
+/// The most connections one stream sink opens.
+pub const MAX_CONNECTIONS: usize = 64;
+
+fn validate_connections(connections: usize, prefix: &str, locator: &Locator) -> Vec<ConfigError> {
+    if (1..=MAX_CONNECTIONS).contains(&connections) {
+        return Vec::new();
+    }
+    vec![locator.error(
+        &format!("{prefix}.connections"),
+        format!("expected 1 to {MAX_CONNECTIONS} connections, found {connections}"),
+    )]
 }
 
 /// Checks of the keys every socket sink has.
@@ -138,6 +171,7 @@ impl TcpSinkConfig {
                 format!("expected host:port, found {:?}", self.address),
             ));
         }
+        errors.extend(validate_connections(self.connections, prefix, locator));
         errors
     }
 }
@@ -159,6 +193,7 @@ impl UnixSinkConfig {
                 "expected a socket path, found an empty string",
             ));
         }
+        errors.extend(validate_connections(self.connections, prefix, locator));
         errors
     }
 }
@@ -248,7 +283,15 @@ pub struct StreamSink {
     connect_timeout: Duration,
     write_timeout: Duration,
     batch: BatchLimits,
-    connection: Mutex<Option<Connection>>,
+    /// One slot per connection ("lane"); see [`StreamSink::lane_of`].
+    lanes: Vec<Mutex<Option<Connection>>>,
+}
+
+/// One batch as the lanes will write it.
+pub struct LaneBatch {
+    bytes: Vec<Bytes>,
+    /// Lanes already written by an earlier attempt: a retry skips them.
+    written: Vec<AtomicBool>,
 }
 
 impl StreamSink {
@@ -259,6 +302,7 @@ impl StreamSink {
             config.connect_timeout,
             config.write_timeout,
             &config.batch,
+            config.connections,
         )
     }
 
@@ -269,6 +313,7 @@ impl StreamSink {
             config.connect_timeout,
             config.write_timeout,
             &config.batch,
+            config.connections,
         )
     }
 
@@ -278,6 +323,7 @@ impl StreamSink {
         connect_timeout: HumanDuration,
         write_timeout: HumanDuration,
         batch: &BatchConfig,
+        connections: usize,
     ) -> Self {
         Self {
             target,
@@ -285,7 +331,75 @@ impl StreamSink {
             connect_timeout: connect_timeout.0,
             write_timeout: write_timeout.0,
             batch: batch.limits(),
-            connection: Mutex::new(None),
+            lanes: (0..connections.max(1)).map(|_| Mutex::new(None)).collect(),
+        }
+    }
+
+    /// The connection an event goes out on: always the same one for events from one producer
+    /// connection (its peer address), so each producer's order holds; lane 0 for events without
+    /// a peer address.
+    fn lane_of(&self, event: &Event) -> usize {
+        match (&event.attributes, self.lanes.len()) {
+            (_, 1) => 0,
+            (Attributes::Peer(peer), lanes) => {
+                let mut hasher = DefaultHasher::new();
+                peer.hash(&mut hasher);
+                (hasher.finish() % lanes as u64) as usize
+            }
+            _ => 0,
+        }
+    }
+
+    /// Writes `bytes` on lane `lane`, connecting first if needed.
+    async fn write_lane(&self, lane: usize, bytes: &[u8]) -> Result<(), Attempt> {
+        let mut slot = self.lanes[lane].lock().await;
+        if slot.as_ref().is_some_and(Connection::peer_closed) {
+            info!(target = %self.target, lane, "The peer closed the connection; reconnecting.");
+            *slot = None;
+        }
+        let connection = match slot.as_mut() {
+            Some(connection) => connection,
+            None => match tokio::time::timeout(self.connect_timeout, self.target.connect()).await {
+                Ok(Ok(connection)) => {
+                    info!(target = %self.target, lane, "Connected.");
+                    slot.insert(connection)
+                }
+                Ok(Err(error)) => {
+                    return Err(retry(
+                        AttemptOutcome::ConnectionError,
+                        format!("cannot connect to {}: {error}", self.target),
+                    ));
+                }
+                Err(_) => {
+                    return Err(retry(
+                        AttemptOutcome::Timeout,
+                        format!(
+                            "no connection to {} within {:?}",
+                            self.target, self.connect_timeout
+                        ),
+                    ));
+                }
+            },
+        };
+        match tokio::time::timeout(self.write_timeout, connection.write_all(bytes)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => {
+                *slot = None;
+                Err(retry(
+                    AttemptOutcome::ConnectionError,
+                    format!("cannot write to {}: {error}", self.target),
+                ))
+            }
+            Err(_) => {
+                *slot = None;
+                Err(retry(
+                    AttemptOutcome::Timeout,
+                    format!(
+                        "write to {} took over {:?}",
+                        self.target, self.write_timeout
+                    ),
+                ))
+            }
         }
     }
 }
@@ -298,72 +412,73 @@ fn retry(outcome: AttemptOutcome, detail: String) -> Attempt {
     }
 }
 
+/// Runs `futures` concurrently and returns their outputs in order.
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
 impl Sink for StreamSink {
-    type Request = Bytes;
+    type Request = LaneBatch;
 
     fn batch_limits(&self) -> BatchLimits {
         self.batch
     }
 
-    fn encode(&self, events: &[Arc<Event>]) -> Bytes {
+    fn encode(&self, events: &[Arc<Event>]) -> LaneBatch {
+        let lanes = self.lanes.len();
         let size: usize = events.iter().map(|e| e.payload.len() + 11).sum();
-        let mut out = BytesMut::with_capacity(size);
+        let mut out: Vec<BytesMut> = (0..lanes)
+            .map(|_| BytesMut::with_capacity(size / lanes + 64))
+            .collect();
         for event in events {
-            encode_frame(self.framing, &event.payload, &mut out);
+            encode_frame(self.framing, &event.payload, &mut out[self.lane_of(event)]);
         }
-        out.freeze()
+        LaneBatch {
+            bytes: out.into_iter().map(BytesMut::freeze).collect(),
+            written: (0..lanes).map(|_| AtomicBool::new(false)).collect(),
+        }
     }
 
-    async fn send(&self, request: &Bytes, _events: &[Arc<Event>]) -> Attempt {
-        let mut slot = self.connection.lock().await;
-        if slot.as_ref().is_some_and(Connection::peer_closed) {
-            info!(target = %self.target, "The peer closed the connection; reconnecting.");
-            *slot = None;
-        }
-        let connection = match slot.as_mut() {
-            Some(connection) => connection,
-            None => match tokio::time::timeout(self.connect_timeout, self.target.connect()).await {
-                Ok(Ok(connection)) => {
-                    info!(target = %self.target, "Connected.");
-                    slot.insert(connection)
-                }
-                Ok(Err(error)) => {
-                    return retry(
-                        AttemptOutcome::ConnectionError,
-                        format!("cannot connect to {}: {error}", self.target),
-                    );
-                }
-                Err(_) => {
-                    return retry(
-                        AttemptOutcome::Timeout,
-                        format!(
-                            "no connection to {} within {:?}",
-                            self.target, self.connect_timeout
-                        ),
-                    );
-                }
-            },
-        };
-        match tokio::time::timeout(self.write_timeout, connection.write_all(request)).await {
-            Ok(Ok(())) => Attempt::Delivered,
-            Ok(Err(error)) => {
-                *slot = None;
-                retry(
-                    AttemptOutcome::ConnectionError,
-                    format!("cannot write to {}: {error}", self.target),
-                )
-            }
-            Err(_) => {
-                *slot = None;
-                retry(
-                    AttemptOutcome::Timeout,
-                    format!(
-                        "write to {} took over {:?}",
-                        self.target, self.write_timeout
-                    ),
-                )
+    async fn send(&self, request: &LaneBatch, _events: &[Arc<Event>]) -> Attempt {
+        let pending: Vec<usize> = (0..self.lanes.len())
+            .filter(|&lane| {
+                !request.bytes[lane].is_empty() && !request.written[lane].load(Ordering::Relaxed)
+            })
+            .collect();
+        let results = join_all(
+            pending
+                .iter()
+                .map(|&lane| self.write_lane(lane, &request.bytes[lane]))
+                .collect(),
+        )
+        .await;
+        let mut failed = None;
+        for (lane, result) in pending.into_iter().zip(results) {
+            match result {
+                Ok(()) => request.written[lane].store(true, Ordering::Relaxed),
+                Err(attempt) => failed = failed.or(Some(attempt)),
             }
         }
+        failed.unwrap_or(Attempt::Delivered)
     }
 }
 
