@@ -679,3 +679,73 @@ async fn idle_timeout_closes_a_quiet_connection_without_a_drop() {
     assert_eq!(source["connections"]["open"], 0);
     relay.shutdown().await;
 }
+
+#[test]
+fn socket_config_mistakes_name_the_key() {
+    let cases = [
+        (
+            "[sources.in]\ntype = \"tcp\"\nlisten = \"127.0.0.1:0\"\nframing = \"octets\"",
+            "sources.in.framing",
+        ),
+        (
+            "[sources.in]\ntype = \"tcp\"\nlisten = \"127.0.0.1:0\"\nmax_frame_bytes = 0",
+            "sources.in.max_frame_bytes",
+        ),
+        (
+            "[sources.in]\ntype = \"unix\"\npath = \"/tmp/x.sock\"\nmode = \"0999\"",
+            "sources.in.mode",
+        ),
+        (
+            "[sources.in]\ntype = \"udp\"\nlisten = \"127.0.0.1:0\"\nmax_connections = 5",
+            "sources.in.max_connections",
+        ),
+    ];
+    let sink = "[sinks.out]\ntype = \"blackhole\"\ninputs = [\"in\"]";
+    for (source, key) in cases {
+        let text = format!("{source}\n{sink}\n");
+        let error =
+            sluice::config::Config::parse(std::path::Path::new("t.toml"), &text, [], &|_| None)
+                .expect_err(key)
+                .to_string();
+        assert!(error.contains(key), "{key}: {error}");
+    }
+    let source = "[sources.in]\ntype = \"tcp\"\nlisten = \"127.0.0.1:0\"";
+    let sinks = [
+        (
+            "type = \"tcp\"\naddress = \"localhost\"",
+            "sinks.out.address",
+            "host:port",
+        ),
+        (
+            "type = \"tcp\"\naddress = \"127.0.0.1:9\"\nconnections = 0",
+            "sinks.out.connections",
+            "1 to 64",
+        ),
+        (
+            "type = \"udp\"\naddress = \"127.0.0.1:9\"\nmax_datagram_bytes = 70000",
+            "sinks.out.max_datagram_bytes",
+            "65507",
+        ),
+        (
+            "type = \"file\"\npath = \"/var/log/{route}.log\"",
+            "sinks.out.path",
+            "reserved",
+        ),
+        (
+            "type = \"file\"\npath = \"/var/log/{name}.log\"",
+            "sinks.out.path",
+            "unknown placeholder",
+        ),
+    ];
+    for (body, key, says) in sinks {
+        let text = format!("{source}\n[sinks.out]\ninputs = [\"in\"]\n{body}\n");
+        let error =
+            sluice::config::Config::parse(std::path::Path::new("t.toml"), &text, [], &|_| None)
+                .expect_err(key)
+                .to_string();
+        assert!(
+            error.contains(key) && error.contains(says),
+            "{key}: {error}"
+        );
+    }
+}
