@@ -749,3 +749,82 @@ fn socket_config_mistakes_name_the_key() {
         );
     }
 }
+
+/// With `when_full = "block"` and the sink's peer away, the source stops reading: the producer's
+/// writes stall on TCP flow control, nothing is dropped, and everything arrives once the peer
+/// is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_blocking_queue_pushes_back_on_the_producer_through_tcp() {
+    const LINES: usize = 300_000;
+    let parked = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let peer = parked.local_addr().expect("addr");
+    drop(parked);
+    let relay = TestRelay::start(&relay_config(
+        &tcp_source(""),
+        &tcp_sink(
+            peer,
+            "queue = { type = \"memory\", max_events = 100, when_full = \"block\" }",
+        ),
+    ))
+    .await;
+    let source = relay.addr("in");
+    let (written_tx, mut written_rx) = tokio::sync::watch::channel(0usize);
+    let producer = tokio::spawn(async move {
+        let mut stream = TcpStream::connect(source).await.expect("connect");
+        let mut chunk = Vec::new();
+        for i in 0..LINES {
+            writeln!(chunk, "{i:010} {}", "b".repeat(49)).expect("format");
+            if chunk.len() >= 60_000 || i + 1 == LINES {
+                stream.write_all(&chunk).await.expect("write");
+                chunk.clear();
+                let _ = written_tx.send(i + 1);
+            }
+        }
+        stream.shutdown().await.expect("shutdown");
+    });
+    // The producer gets some way, then stalls well short of the end: ~18 MB cannot all fit in
+    // the queue and the socket buffers.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stalled_at = *written_rx.borrow_and_update();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        *written_rx.borrow(),
+        stalled_at,
+        "the producer is held back"
+    );
+    assert!(stalled_at < LINES, "the producer was never held back");
+    let stats = relay.stats().await;
+    let counts = component(&stats, "in");
+    assert_eq!(counts["dropped_total"], 0, "{counts:#}");
+    assert_eq!(
+        counts["in_flight"], 1,
+        "the source waits for room: {counts:#}"
+    );
+    // The peer comes back: every line arrives, once, in order.
+    let next = Arc::new(AtomicU64::new(0));
+    let faults = Arc::new(AtomicU64::new(0));
+    let receiver = {
+        let (next, faults) = (next.clone(), faults.clone());
+        LineReceiver::start_on(
+            peer,
+            Arc::new(move |_, line: Bytes| {
+                let seq: u64 = std::str::from_utf8(&line[..10])
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(u64::MAX);
+                if next.fetch_add(1, Ordering::Relaxed) != seq {
+                    faults.fetch_add(1, Ordering::Relaxed);
+                }
+            }),
+        )
+        .await
+    };
+    producer.await.expect("producer");
+    receiver.wait_for(LINES as u64).await;
+    assert_eq!(faults.load(Ordering::Relaxed), 0);
+    let stats = relay.assert_settled_and_balanced().await;
+    assert_eq!(component(&stats, "in")["dropped_total"], 0);
+    assert_eq!(component(&stats, "out")["delivered"], LINES as u64);
+    relay.shutdown().await;
+    receiver.stop();
+}
