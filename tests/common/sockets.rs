@@ -190,6 +190,11 @@ listen = "127.0.0.1:0"
     )
 }
 
+/// A `[sources.in]` body for a TCP source on a free port, plus `extra` keys.
+pub fn tcp_source(extra: &str) -> String {
+    format!("type = \"tcp\"\nlisten = \"127.0.0.1:0\"\n{extra}")
+}
+
 /// A `[sinks.out]` TCP sink to `addr` with fast retries.
 pub fn tcp_sink(addr: SocketAddr, extra: &str) -> String {
     format!(
