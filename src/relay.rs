@@ -229,7 +229,7 @@ fn open_queue(
         let dir = config.data_dir.join("queues").join(&sink.name);
         let options = DiskOptions {
             max_bytes: max_bytes.0,
-            max_record_bytes: u32::try_from(q.max_event_bytes().0).unwrap_or(u32::MAX),
+            max_record_bytes: u32::try_from(q.max_event_bytes(max_bytes).0).unwrap_or(u32::MAX),
             sync: q.sync().policy(),
         };
         DiskQueue::open(&dir, options, q.when_full, ledger.clone()).with_context(|| {

@@ -574,9 +574,6 @@ async fn a_full_queue_that_drops_newest_refuses_at_once_and_keeps_what_it_acknow
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "relay bug: `max_bytes` under 16MiB without `max_event_bytes` passes `sluice validate` \
-            but `sluice run` exits 1 (the default max_event_bytes of 16MiB does not fit); \
-            QueueConfig::validate in src/queue/mod.rs does not compare the two"]
 async fn a_small_disk_queue_that_passes_validate_also_runs() {
     let dir = tempfile::tempdir().expect("temp dir");
     // The smallest disk queue the config allows, with the default largest event.

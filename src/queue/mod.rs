@@ -143,8 +143,11 @@ impl QueueConfig {
         self.sync.unwrap_or_default()
     }
 
-    pub fn max_event_bytes(&self) -> ByteSize {
-        self.max_event_bytes.unwrap_or(ByteSize::mib(16))
+    /// The largest event a disk (tier) bounded by `disk_max_bytes` takes: as configured, or
+    /// 16MiB, but never more than a quarter of the queue, so a small queue still opens.
+    pub fn max_event_bytes(&self, disk_max_bytes: ByteSize) -> ByteSize {
+        self.max_event_bytes
+            .unwrap_or(ByteSize(ByteSize::mib(16).0.min(disk_max_bytes.0 / 4)))
     }
 
     pub fn validate(&self, prefix: &str, locator: &Locator) -> Vec<ConfigError> {
@@ -223,6 +226,18 @@ impl QueueConfig {
                     errors.push(locator.error(
                         &format!("{prefix}.max_bytes"),
                         "expected at least 1MiB for a disk queue",
+                    ));
+                }
+                if let Some(event) = self
+                    .max_event_bytes
+                    .filter(|e| e.0 + 64 > self.max_bytes().0)
+                {
+                    errors.push(locator.error(
+                        &format!("{prefix}.max_event_bytes"),
+                        format!(
+                            "expected an event limit below max_bytes ({}), found {event}",
+                            self.max_bytes()
+                        ),
                     ));
                 }
                 if self
