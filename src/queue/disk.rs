@@ -27,7 +27,7 @@ use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{BatchLimits, PushError, WhenFull, codec};
+use super::{BatchLimits, Offer, PushError, WhenFull, codec};
 use crate::event::Event;
 use crate::ledger::{ComponentLedger, DropReason};
 use crate::log_throttle::Throttle;
@@ -114,7 +114,13 @@ impl DiskQueue {
     /// Appends one event; waits for room until `deadline` under `block`. Returns the record's
     /// sequence, to wait on with [`DiskQueue::wait_durable`].
     pub async fn push(&self, event: Arc<Event>, deadline: Instant) -> Result<Seq, PushError> {
-        self.ledger.received.inc();
+        let offer = Offer::new(&self.ledger);
+        let result = self.offer(event, deadline).await;
+        offer.settle();
+        result
+    }
+
+    async fn offer(&self, event: Arc<Event>, deadline: Instant) -> Result<Seq, PushError> {
         let record = codec::encode(&event);
         loop {
             match self.log.append(&record) {

@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::{Instant, timeout_at};
 
-use super::{BatchLimits, PushError, WhenFull};
+use super::{BatchLimits, Offer, PushError, WhenFull};
 use crate::event::Event;
 use crate::ledger::{ComponentLedger, DropReason};
 
@@ -72,7 +72,13 @@ impl MemoryQueue {
 
     /// Offers one event. Counts it as received, and as dropped when it is refused.
     pub async fn push(&self, event: Arc<Event>, deadline: Instant) -> Result<(), PushError> {
-        self.ledger.received.inc();
+        let offer = Offer::new(&self.ledger);
+        let result = self.offer(event, deadline).await;
+        offer.settle();
+        result
+    }
+
+    async fn offer(&self, event: Arc<Event>, deadline: Instant) -> Result<(), PushError> {
         let size = event.size();
         loop {
             let writable = self.writable.notified();
@@ -423,5 +429,25 @@ mod tests {
         assert!(q.pop_batch(linger).await.is_empty());
         let stats = ledger.stats().components.remove(0);
         assert_eq!(stats.dropped.get("shutting_down"), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_push_is_counted_not_lost() {
+        let ledger = Ledger::new();
+        let q = queue(&ledger, 1, WhenFull::Block);
+        q.push(event(0, 1), soon()).await.expect("room for one");
+        let waiting = q.push(event(1, 1), Instant::now() + Duration::from_secs(60));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), waiting)
+                .await
+                .is_err(),
+            "it waits for room"
+        );
+        let stats = ledger.stats().components.remove(0);
+        assert_eq!(
+            (stats.received, stats.dropped.get("shutting_down").copied()),
+            (2, Some(1))
+        );
+        assert!(stats.balanced, "{stats:?}");
     }
 }

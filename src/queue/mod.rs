@@ -347,6 +347,38 @@ impl Default for BatchConfig {
     }
 }
 
+/// One event offered to a queue, counted `received` when made. Its outcome is counted by the
+/// queue; an offer abandoned before it had one (its future dropped while it waited for room,
+/// as at shutdown) is counted `shutting_down` when dropped, so the ledger never loses it.
+pub(crate) struct Offer<'a> {
+    ledger: &'a crate::ledger::ComponentLedger,
+    settled: bool,
+}
+
+impl<'a> Offer<'a> {
+    pub(crate) fn new(ledger: &'a crate::ledger::ComponentLedger) -> Self {
+        ledger.received.inc();
+        Self {
+            ledger,
+            settled: false,
+        }
+    }
+
+    /// The queue counted the outcome (taken, or dropped for a reason).
+    pub(crate) fn settle(mut self) {
+        self.settled = true;
+    }
+}
+
+impl Drop for Offer<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.ledger
+                .dropped(crate::ledger::DropReason::ShuttingDown, 1);
+        }
+    }
+}
+
 /// Why a queue did not take an event. The queue has already counted the drop in its ledger.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PushError {
