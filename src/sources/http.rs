@@ -203,6 +203,27 @@ fn respond(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     response
 }
 
+/// A copy of `headers` whose names and values own their bytes, less those `skip` names.
+fn owned_headers(
+    headers: &http::HeaderMap,
+    skip: impl Fn(&http::HeaderName) -> bool,
+) -> http::HeaderMap {
+    let mut owned = http::HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        if skip(name) {
+            continue;
+        }
+        let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_str().as_bytes()),
+            HeaderValue::from_bytes(value.as_bytes()),
+        ) else {
+            continue;
+        };
+        owned.append(name, value);
+    }
+    owned
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -282,14 +303,17 @@ impl HttpSource {
                     "cannot read the body\n",
                 );
             }
-            Ok(Ok(collected)) => collected.to_bytes(),
+            // A copy: hyper's body slices share the connection's read buffer, and a queued event
+            // holding one would keep the whole buffer alive (kilobytes per queued event).
+            Ok(Ok(collected)) => Bytes::copy_from_slice(&collected.to_bytes()),
         };
 
-        let mut headers = parts.headers;
-        if self.expected_authorization.is_some() {
-            // The token was for this relay; it must not travel further.
-            headers.remove(http::header::AUTHORIZATION);
-        }
+        // Owned copies, for the same reason as the body; the token, if the relay checked one,
+        // was for the relay and travels no further.
+        let consumed_auth = self.expected_authorization.is_some();
+        let headers = owned_headers(&parts.headers, |name| {
+            consumed_auth && name == http::header::AUTHORIZATION
+        });
         let uri = parts
             .uri
             .path_and_query()
