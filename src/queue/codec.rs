@@ -15,8 +15,8 @@
 //! | http           | see below       | if flagged                                            |
 //! | payload        | 4 + n           | the event's bytes                                     |
 //!
-//! HTTP: method (1 + n), path and query (4 + n), header count (2), then per header name
-//! (2 + n) and value (4 + n).
+//! HTTP: method (1 + n), path and query (4 + n), header count (2, at most 1024), then per
+//! header name (2 + n) and value (4 + n).
 //!
 //! Decoding checks every length against the bytes that are there before slicing, never
 //! allocates from a length it has not checked, and fails with [`DecodeError`] on a short,
@@ -35,6 +35,9 @@ use crate::event::{Attributes, Event, EventId, HttpRequest};
 const VERSION: u8 = 1;
 const HAS_PEER: u8 = 1;
 const HAS_HTTP: u8 = 2;
+/// More headers than any HTTP server here accepts (hyper's limit is 100); `HeaderMap` itself
+/// panics past 32768.
+const MAX_HEADERS: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("corrupt event record: {0}")]
@@ -183,7 +186,10 @@ pub fn decode(record: Bytes, source: &dyn Fn(&[u8]) -> Arc<str>) -> Result<Event
             .map_err(|_| DecodeError("method"))?;
         let uri = Uri::from_maybe_shared(r.long("uri")?).map_err(|_| DecodeError("uri"))?;
         let count = r.u16("header count")?;
-        let mut headers = HeaderMap::with_capacity(count as usize);
+        if usize::from(count) > MAX_HEADERS {
+            return Err(DecodeError("too many headers"));
+        }
+        let mut headers = HeaderMap::with_capacity(usize::from(count));
         for _ in 0..count {
             let name = HeaderName::from_bytes(&r.short("header name")?)
                 .map_err(|_| DecodeError("header name"))?;
@@ -285,5 +291,16 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn a_huge_header_count_is_an_error_not_a_panic() {
+        // Found by the event_record fuzz target: HeaderMap::with_capacity panics past 32768.
+        let crash: &[u8] = &[
+            1, 2, 0, 0, 0, 23, 250, 0, 0, 23, 0, 0, 33, 33, 0, 0, 2, 0, 0, 156, 0, 0, 2, 0, 16, 0,
+            1, 84, 6, 0, 0, 0, 83, 95, 95, 95, 95, 95, 95, 122, 95, 95, 95, 95, 95, 95, 95, 95, 95,
+            95, 95, 95, 95, 95, 95, 37, 95, 95, 95, 255, 0, 0,
+        ];
+        assert!(decode(Bytes::copy_from_slice(crash), &name).is_err());
     }
 }
