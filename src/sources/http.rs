@@ -15,13 +15,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
-use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tracing::info;
 
@@ -153,13 +151,7 @@ pub async fn start(
     config: HttpSourceConfig,
     context: SourceContext,
 ) -> anyhow::Result<RunningSource> {
-    let listener = TcpListener::bind(config.listen).await.with_context(|| {
-        format!(
-            "sources.{}: cannot listen on {}",
-            context.name, config.listen
-        )
-    })?;
-    let local_addr = listener.local_addr()?;
+    let (listener, local_addr) = super::bind_tcp(&context.name, config.listen).await?;
     info!(source = %context.name, address = %local_addr, "HTTP source listening.");
     let options = ServerOptions {
         max_connections: config.max_connections,

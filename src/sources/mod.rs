@@ -218,6 +218,18 @@ pub struct RunningSource {
     pub task: JoinHandle<()>,
 }
 
+/// Binds a TCP listener for source `name`; the error says which source and address.
+pub async fn bind_tcp(
+    name: &str,
+    addr: SocketAddr,
+) -> anyhow::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("sources.{name}: cannot listen on {addr}: {e}"))?;
+    let local_addr = listener.local_addr()?;
+    Ok((listener, local_addr))
+}
+
 /// Binds the source's listener and starts serving; errors say which source and address.
 pub async fn start(
     settings: &SourceSettings,

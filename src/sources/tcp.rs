@@ -19,7 +19,6 @@
 use std::io;
 use std::net::SocketAddr;
 
-use anyhow::Context as _;
 use serde::Deserialize;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::info;
@@ -89,13 +88,7 @@ pub async fn start(
     config: TcpSourceConfig,
     context: SourceContext,
 ) -> anyhow::Result<RunningSource> {
-    let listener = TcpListener::bind(config.listen).await.with_context(|| {
-        format!(
-            "sources.{}: cannot listen on {}",
-            context.name, config.listen
-        )
-    })?;
-    let local_addr = listener.local_addr()?;
+    let (listener, local_addr) = super::bind_tcp(&context.name, config.listen).await?;
     info!(source = %context.name, address = %local_addr, framing = ?config.framing, "TCP source listening.");
     let task = tokio::spawn(stream::serve(listener, config.options(), context));
     Ok(RunningSource {
