@@ -175,10 +175,22 @@ impl fmt::Debug for Event {
 
 impl Event {
     pub fn new(id: EventId, source: Arc<str>, payload: Bytes, attributes: Attributes) -> Self {
+        Self::new_at(id, source, payload, attributes, SystemTime::now())
+    }
+
+    /// An event received at `received_at` (a source reading many events at once reads the
+    /// clock once).
+    pub fn new_at(
+        id: EventId,
+        source: Arc<str>,
+        payload: Bytes,
+        attributes: Attributes,
+        received_at: SystemTime,
+    ) -> Self {
         Self {
             id,
             source,
-            received_at: SystemTime::now(),
+            received_at,
             payload,
             attributes,
             reply: Mutex::new(None),

@@ -46,6 +46,13 @@ pub struct DecodeError(&'static str);
 /// Writes `event` as one record.
 pub fn encode(event: &Event) -> BytesMut {
     let mut out = BytesMut::with_capacity(event.size() + 64);
+    encode_into(event, &mut out);
+    out
+}
+
+/// Appends the record of `event` to `out`.
+pub fn encode_into(event: &Event, out: &mut BytesMut) {
+    out.reserve(event.size() + 64);
     let mut flags = 0;
     let peer = match &event.attributes {
         Attributes::Peer(peer) => Some(*peer),
@@ -67,7 +74,7 @@ pub fn encode(event: &Event) -> BytesMut {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     out.put_u64_le(u64::try_from(received.as_nanos()).unwrap_or(u64::MAX));
-    put_short(&mut out, event.source.as_bytes());
+    put_short(out, event.source.as_bytes());
     if let Some(peer) = peer {
         match peer.ip() {
             IpAddr::V4(ip) => {
@@ -85,16 +92,15 @@ pub fn encode(event: &Event) -> BytesMut {
         let method = request.method.as_str().as_bytes();
         out.put_u8(u8::try_from(method.len()).unwrap_or(0));
         out.put_slice(&method[..method.len().min(255)]);
-        put_long(&mut out, request.uri.to_string().as_bytes());
+        put_long(out, request.uri.to_string().as_bytes());
         let headers = request.headers.len().min(u16::MAX as usize);
         out.put_u16_le(headers as u16);
         for (name, value) in request.headers.iter().take(headers) {
-            put_short(&mut out, name.as_str().as_bytes());
-            put_long(&mut out, value.as_bytes());
+            put_short(out, name.as_str().as_bytes());
+            put_long(out, value.as_bytes());
         }
     }
-    put_long(&mut out, &event.payload);
-    out
+    put_long(out, &event.payload);
 }
 
 fn put_short(out: &mut BytesMut, bytes: &[u8]) {

@@ -121,15 +121,15 @@ impl DiskQueue {
     }
 
     async fn offer(&self, event: Arc<Event>, deadline: Instant) -> Result<Seq, PushError> {
-        let record = codec::encode(&event);
         loop {
-            match self.log.append(&record) {
+            let (appended, record_len) = append_encoded(&self.log, &event);
+            match appended {
                 Ok(seq) => {
                     if event.has_waiters() {
                         self.waiting.lock().events.insert(seq, event);
                     }
                     self.ledger.queued_events.inc();
-                    self.ledger.queued_bytes.inc_by(record.len() as i64);
+                    self.ledger.queued_bytes.inc_by(record_len as i64);
                     return Ok(seq);
                 }
                 Err(AppendError::Full { .. }) if self.when_full == WhenFull::Block => {
@@ -297,6 +297,30 @@ impl DiskQueue {
     pub fn stats(&self) -> sluice_diskq::Stats {
         self.log.stats()
     }
+}
+
+thread_local! {
+    /// Where events are encoded before `append` copies them into the log: one buffer per
+    /// thread instead of an allocation per event.
+    static RECORD: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
+}
+
+/// Encodes `event` and appends it; returns the outcome and the record's length.
+fn append_encoded(
+    log: &sluice_diskq::DiskQueue,
+    event: &Event,
+) -> (Result<Seq, AppendError>, usize) {
+    RECORD.with(|cell| {
+        let mut record = cell.borrow_mut();
+        record.clear();
+        codec::encode_into(event, &mut record);
+        let outcome = (log.append(&record), record.len());
+        if record.capacity() > 1 << 20 {
+            // One large event must not keep a large buffer per thread alive.
+            *record = bytes::BytesMut::new();
+        }
+        outcome
+    })
 }
 
 fn account_recovery(report: &RecoveryReport, ledger: &ComponentLedger, dir: &Path) {
