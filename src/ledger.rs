@@ -365,17 +365,6 @@ impl Ledger {
             components: previous,
         }
     }
-
-    /// Events accepted by sinks but not yet delivered or dropped: what a shutdown would lose
-    /// from memory queues.
-    pub fn undelivered(&self) -> u64 {
-        self.components
-            .lock()
-            .iter()
-            .filter(|c| c.kind == ComponentKind::Sink)
-            .map(|c| (c.queued_events.get().max(0) + c.in_flight.get().max(0)) as u64)
-            .sum()
-    }
 }
 
 /// One component's counters. Cloned handles into the registry: updating is an atomic add.

@@ -116,7 +116,14 @@ impl Relay {
         for sink in &config.sinks {
             let component =
                 ledger.component(&sink.name, ComponentKind::Sink, sink.settings.type_name());
-            let queue = Arc::new(open_queue(config, sink, component.clone())?);
+            let queue = {
+                let (data_dir, sink, component) =
+                    (config.data_dir.clone(), sink.clone(), component.clone());
+                Arc::new(
+                    tokio::task::spawn_blocking(move || open_queue(&data_dir, &sink, component))
+                        .await??,
+                )
+            };
             probe_queues.push((sink.name.clone(), queue.clone()));
             for input in &sink.inputs {
                 queues_of
@@ -211,8 +218,9 @@ impl Relay {
 }
 
 /// The queue of one sink, as its config says.
+/// Blocking: a disk queue's recovery reads its files (run it off the async workers).
 fn open_queue(
-    config: &Config,
+    data_dir: &Path,
     sink: &SinkConfig,
     ledger: Arc<ComponentLedger>,
 ) -> anyhow::Result<SinkQueue> {
@@ -226,7 +234,7 @@ fn open_queue(
         )
     };
     let disk = |max_bytes: ByteSize| {
-        let dir = config.data_dir.join("queues").join(&sink.name);
+        let dir = data_dir.join("queues").join(&sink.name);
         let options = DiskOptions {
             max_bytes: max_bytes.0,
             max_record_bytes: u32::try_from(q.max_event_bytes(max_bytes).0).unwrap_or(u32::MAX),

@@ -25,7 +25,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
@@ -223,16 +223,15 @@ pub fn decode(record: Bytes, source: &dyn Fn(&[u8]) -> Arc<str>) -> Result<Event
     Ok(event)
 }
 
-/// The receive time as stored (for tests and tools).
-pub fn nanos(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn nanos(at: std::time::SystemTime) -> u64 {
+        at.duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    }
 
     fn name(bytes: &[u8]) -> Arc<str> {
         Arc::from(String::from_utf8_lossy(bytes).as_ref())
