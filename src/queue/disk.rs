@@ -97,6 +97,7 @@ impl DiskQueue {
                 "records_per_fsync": if s.fsyncs == 0 { 0.0 } else { s.records_synced as f64 / s.fsyncs as f64 },
                 "checkpoints": s.checkpoints,
                 "corrupt_records": s.corrupt_records,
+                "write_failed": s.write_failed,
                 "recovered_at_start": recovered,
             })
         }));
