@@ -337,20 +337,7 @@ async fn a_replayed_event_reaches_the_upstream_with_the_id_its_producer_was_give
     let mut relay = Sluice::start(dir.path(), &config).await;
     upstream.wait_for(EVENTS).await;
     let stats = relay.wait_idle_and_balanced().await;
-    let seen: HashMap<String, String> = upstream
-        .received
-        .lock()
-        .iter()
-        .map(|r| {
-            let id = r
-                .headers
-                .get("x-sluice-event-id")
-                .and_then(|v| v.to_str().ok())
-                .expect("forwarded with an event id")
-                .to_string();
-            (String::from_utf8_lossy(&r.body).into_owned(), id)
-        })
-        .collect();
+    let seen: HashMap<String, String> = upstream.bodies_with_ids().into_iter().collect();
     assert_eq!(
         seen, given,
         "after the restart the upstream sees each event under the id its producer was given"

@@ -900,20 +900,7 @@ async fn ack_delivered_answers_504_after_delivered_timeout_and_delivers_when_the
     let upstream = Upstream::start_on(address).await;
     upstream.wait_for(3).await;
     let stats = relay.wait_idle_and_balanced().await;
-    let seen: HashSet<(String, String)> = upstream
-        .received
-        .lock()
-        .iter()
-        .map(|r| {
-            let id = r
-                .headers
-                .get("x-sluice-event-id")
-                .and_then(|v| v.to_str().ok())
-                .expect("forwarded with its id")
-                .to_string();
-            (String::from_utf8_lossy(&r.body).into_owned(), id)
-        })
-        .collect();
+    let seen: HashSet<(String, String)> = upstream.bodies_with_ids().into_iter().collect();
     let told: HashSet<(String, String)> = ids.lock().iter().cloned().collect();
     assert_eq!(
         seen, told,

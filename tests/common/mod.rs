@@ -235,6 +235,25 @@ impl Upstream {
         self.received.lock().len()
     }
 
+    /// Every request received, as (body, `X-Sluice-Event-Id`), in arrival order.
+    pub fn bodies_with_ids(&self) -> Vec<(String, String)> {
+        self.received
+            .lock()
+            .iter()
+            .map(|r| {
+                let id = r
+                    .headers
+                    .get("x-sluice-event-id")
+                    .and_then(|v| v.to_str().ok())
+                    .expect("forwarded with an event id");
+                (
+                    String::from_utf8_lossy(&r.body).into_owned(),
+                    id.to_string(),
+                )
+            })
+            .collect()
+    }
+
     pub fn set(&self, behaviour: Behaviour) {
         *self.behaviour.lock() = behaviour;
     }
