@@ -200,14 +200,7 @@ async fn crash_and_restart(
     tokio::time::sleep(Duration::from_millis(100)).await;
     let delivered_before = upstream.count();
     let mut relay = Sluice::start(dir.path(), &config).await;
-    let arrived_bodies = || -> HashSet<String> {
-        upstream
-            .received
-            .lock()
-            .iter()
-            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
-            .collect()
-    };
+    let arrived_bodies = || -> HashSet<String> { upstream.bodies().into_iter().collect() };
     let deadline = tokio::time::Instant::now() + common::PATIENCE;
     loop {
         let arrived = arrived_bodies();

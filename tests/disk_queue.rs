@@ -52,12 +52,7 @@ async fn send_all(relay: &Sluice, bodies: &[String]) {
 
 /// The bodies the upstream received, in arrival order.
 fn arrived(upstream: &Upstream) -> Vec<String> {
-    upstream
-        .received
-        .lock()
-        .iter()
-        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
-        .collect()
+    upstream.bodies()
 }
 
 fn header(response: &reqwest::Response, name: &str) -> Option<String> {

@@ -235,6 +235,15 @@ impl Upstream {
         self.received.lock().len()
     }
 
+    /// The bodies received, in arrival order.
+    pub fn bodies(&self) -> Vec<String> {
+        self.received
+            .lock()
+            .iter()
+            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+            .collect()
+    }
+
     /// Every request received, as (body, `X-Sluice-Event-Id`), in arrival order.
     pub fn bodies_with_ids(&self) -> Vec<(String, String)> {
         self.received
