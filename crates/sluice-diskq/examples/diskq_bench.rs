@@ -66,7 +66,7 @@ fn run_one(name: &str, sync: SyncPolicy, writers: usize, dur: Duration) {
         sync,
         ..Options::default()
     };
-    let (q, _) = DiskQueue::open(dir.path(), opts).expect("open");
+    let (q, _) = DiskQueue::<()>::open(dir.path(), opts).expect("open");
     let rt = runtime();
     let payload = vec![b'x'; RECORD];
     let (lat, elapsed) = rt.block_on(async {
@@ -143,7 +143,7 @@ fn fill(dir: &Path, gib: f64) {
         max_bytes: u64::MAX / 2,
         ..Options::default()
     };
-    let (q, _) = DiskQueue::open(dir, opts).expect("open");
+    let (q, _) = DiskQueue::<()>::open(dir, opts).expect("open");
     let payload = vec![b'y'; RECORD];
     let records = (gib * (1u64 << 30) as f64 / (RECORD + 16) as f64) as u64;
     let start = Instant::now();
@@ -184,7 +184,7 @@ fn rss_kib(field: &str) -> u64 {
 
 fn recover(dir: &Path) {
     let start = Instant::now();
-    let (q, report) = DiskQueue::open(
+    let (q, report) = DiskQueue::<()>::open(
         dir,
         Options {
             max_bytes: u64::MAX / 2,

@@ -86,6 +86,7 @@ impl AckSet {
     }
 
     /// Acknowledges one seq. Returns whether it was newly acknowledged.
+    #[cfg(test)]
     pub fn insert(&mut self, seq: Seq) -> bool {
         self.insert_range(seq, seq.saturating_add(1)) == 1
     }

@@ -22,9 +22,12 @@ pub struct SegmentReport {
     pub bytes: u64,
     /// Valid records in it.
     pub records: u64,
-    /// Seq of the first valid record.
+    /// Entries (sequence numbers) in its valid records: more than `records` when some records
+    /// hold several entries.
+    pub entries: u64,
+    /// Seq of the first entry of the first valid record.
     pub first_seq: Option<Seq>,
-    /// Seq of the last valid record.
+    /// Seq of the last entry of the last valid record.
     pub last_seq: Option<Seq>,
     /// Sequence numbers missing between valid records (lost to corruption).
     pub corrupt_records: u64,
@@ -46,12 +49,12 @@ pub struct InspectReport {
 }
 
 impl InspectReport {
-    /// Seq of the first valid record on disk.
+    /// Seq of the first valid entry on disk.
     pub fn first_seq(&self) -> Option<Seq> {
         self.segments.iter().find_map(|s| s.first_seq)
     }
 
-    /// Seq of the last valid record on disk.
+    /// Seq of the last valid entry on disk.
     pub fn last_seq(&self) -> Option<Seq> {
         self.segments.iter().rev().find_map(|s| s.last_seq)
     }
@@ -64,6 +67,11 @@ impl InspectReport {
     /// Valid records on disk (acknowledged or not).
     pub fn records(&self) -> u64 {
         self.segments.iter().map(|s| s.records).sum()
+    }
+
+    /// Entries in the valid records on disk (acknowledged or not).
+    pub fn entries(&self) -> u64 {
+        self.segments.iter().map(|s| s.entries).sum()
     }
 
     /// Sequence numbers lost to corruption.
@@ -79,7 +87,7 @@ impl InspectReport {
             .sum()
     }
 
-    /// Valid records at or above the checkpointed low-water mark.
+    /// Valid entries (sequence numbers) at or above the checkpointed low-water mark.
     pub fn unacked_records(&self) -> u64 {
         let low = self.checkpoint.low_water().unwrap_or(0);
         match (self.first_seq(), self.last_seq()) {
@@ -106,8 +114,9 @@ impl std::fmt::Display for InspectReport {
         writeln!(f, "checkpoint {}", self.checkpoint)?;
         writeln!(
             f,
-            "records    {} on disk, seq {}..={}, about {} unacknowledged",
+            "records    {} on disk holding {} entries, seq {}..={}, about {} unacknowledged",
             self.records(),
+            self.entries(),
             opt(self.first_seq()),
             opt(self.last_seq()),
             self.unacked_records()
@@ -120,8 +129,16 @@ impl std::fmt::Display for InspectReport {
         )?;
         writeln!(
             f,
-            "\n{:<28} {:>12} {:>10} {:>20} {:>20} {:>8} {:>10} {:>10}",
-            "segment", "bytes", "records", "first seq", "last seq", "corrupt", "bad bytes", "tail"
+            "\n{:<28} {:>12} {:>10} {:>10} {:>20} {:>20} {:>8} {:>10} {:>10}",
+            "segment",
+            "bytes",
+            "records",
+            "entries",
+            "first seq",
+            "last seq",
+            "corrupt",
+            "bad bytes",
+            "tail"
         )?;
         for s in &self.segments {
             let name = s
@@ -131,10 +148,11 @@ impl std::fmt::Display for InspectReport {
                 .unwrap_or_default();
             writeln!(
                 f,
-                "{:<28} {:>12} {:>10} {:>20} {:>20} {:>8} {:>10} {:>10}",
+                "{:<28} {:>12} {:>10} {:>10} {:>20} {:>20} {:>8} {:>10} {:>10}",
                 name,
                 s.bytes,
                 s.records,
+                s.entries,
                 opt(s.first_seq),
                 opt(s.last_seq),
                 s.corrupt_records,
@@ -144,10 +162,11 @@ impl std::fmt::Display for InspectReport {
         }
         write!(
             f,
-            "{:<28} {:>12} {:>10}",
+            "{:<28} {:>12} {:>10} {:>10}",
             format!("total ({} segments)", self.segments.len()),
             self.bytes(),
-            self.records()
+            self.records(),
+            self.entries()
         )
     }
 }
@@ -179,6 +198,7 @@ pub fn inspect(dir: impl AsRef<Path>) -> Result<InspectReport, Error> {
             named_first,
             bytes,
             records: 0,
+            entries: 0,
             first_seq: None,
             last_seq: None,
             corrupt_records: 0,
@@ -189,13 +209,14 @@ pub fn inspect(dir: impl AsRef<Path>) -> Result<InspectReport, Error> {
         let mut next = start;
         loop {
             match sc.next_item()? {
-                Item::Record { seq, .. } => {
+                Item::Record { seq, entries, .. } => {
                     // Gaps below the low-water mark were acknowledged, not lost.
                     rep.corrupt_records += seq - next.max(low).min(seq);
-                    next = seq + 1;
+                    next = seq + u64::from(entries);
                     rep.records += 1;
+                    rep.entries += u64::from(entries);
                     rep.first_seq.get_or_insert(seq);
-                    rep.last_seq = Some(seq);
+                    rep.last_seq = Some(next - 1);
                 }
                 Item::Corrupt { bytes, .. } => rep.corrupt_bytes += bytes,
                 Item::Tail { bytes, .. } => rep.tail_bytes += bytes,

@@ -1,15 +1,21 @@
 //! A durable, crash-safe, group-committing segment log used as a FIFO queue.
 //!
-//! `sluice-diskq` stores opaque byte records and numbers them. It knows nothing about HTTP or
-//! events: the relay encodes its events into records and wraps this crate.
+//! `sluice-diskq` stores opaque byte entries and numbers them. It knows nothing about HTTP or
+//! events: the relay encodes its events into entries and wraps this crate.
+//!
+//! Terms: an *entry* is what an appender hands in and a reader gets back; each has its own
+//! sequence number (seq) and is acknowledged on its own. A *record* is the unit on disk, with
+//! one header and one checksum, holding one entry ([`DiskQueue::append`]) or many
+//! ([`DiskQueue::append_batch`]). Counters named `*_records` in [`Stats`] and
+//! [`RecoveryReport`] count sequence numbers, i.e. entries.
 //!
 //! # Design constraints
 //!
 //! - **Nothing reported durable is lost.** [`DiskQueue::wait_durable`] resolves only once the
-//!   record is covered by the configured [`SyncPolicy`]; a write or sync error poisons the
+//!   entry is covered by the configured [`SyncPolicy`]; a write or sync error poisons the
 //!   writer and every pending and later waiter gets the error instead.
-//! - **Group commit.** Appenders copy their record into one in-memory batch and return a
-//!   sequence number at once. A dedicated writer thread swaps the batch out, `write()`s it, and
+//! - **Group commit.** Appenders copy their record into one in-memory batch and return its
+//!   sequence numbers at once. A dedicated writer thread swaps the batch out, `write()`s it, and
 //!   covers it with a single `fdatasync` (`File::sync_data`); every waiter covered by that sync is
 //!   released by it. While it syncs, the next batch accumulates. Files are never written through
 //!   mmap.
@@ -33,16 +39,29 @@
 //!
 //! | offset | size | field   | meaning                                                    |
 //! | ------ | ---- | ------- | ---------------------------------------------------------- |
-//! | 0      | 4    | length  | payload bytes, at most 256 MiB (format limit)              |
-//! | 4      | 4    | crc32c  | CRC-32C over `seq` and `payload`                           |
-//! | 8      | 8    | seq     | the record's sequence number                               |
-//! | 16     | len  | payload | opaque bytes                                               |
+//! | 0      | 4    | length  | bits 0..31: payload bytes, at most 256 MiB (format limit); bit 31: the *entries* flag |
+//! | 4      | 4    | crc32c  | CRC-32C over `seq` and `payload` (then the length field, if flagged) |
+//! | 8      | 8    | seq     | the sequence number of the record's first entry            |
+//! | 16     | len  | payload | unflagged: one entry, opaque bytes                         |
+//!
+//! A flagged record's payload holds several entries, numbered `seq`, `seq + 1`, …:
+//!
+//! | offset | size | field   | meaning                                                    |
+//! | ------ | ---- | ------- | ---------------------------------------------------------- |
+//! | 0      | 4    | count   | number of entries, at least 2                              |
+//! | 4      | 4    | len     | bytes of the first entry                                   |
+//! | 8      | len  | entry   | opaque bytes; then `len` and `entry` again, `count` times  |
+//!
+//! A record of one entry is always written unflagged, so queues written before multi-entry
+//! records existed read the same. A flagged record whose entries do not fill its payload
+//! exactly, and a length field with any other bit above the limit set, are corrupt.
 //!
 //! Records never span segments. A segment rolls over when the next record would take it past
 //! [`Options::segment_bytes`] (a record larger than that gets a segment of its own). Within a
-//! segment sequence numbers are contiguous, and they continue across segments and restarts:
-//! numbering resumes at `max(last valid seq on disk + 1, low-water mark)`. So the seqs of
-//! records that were never durable and were lost in a crash are given out again; and when the
+//! segment sequence numbers are contiguous (a record's first seq is the previous record's first
+//! seq plus its entry count), and they continue across segments and restarts: numbering
+//! resumes at `max(seq of the last valid entry on disk + 1, low-water mark)`. So the seqs of
+//! entries that were never durable and were lost in a crash are given out again; and when the
 //! checkpoint is ahead of the data (acknowledged records lost with unsynced data), numbering
 //! jumps to the low-water mark and continues in a fresh segment.
 //!
@@ -50,26 +69,36 @@
 //!
 //! | limit                                   | value                                          |
 //! | --------------------------------------- | ---------------------------------------------- |
-//! | record payload                          | `max_record_bytes` (default 16 MiB, ≤ 256 MiB) |
+//! | record payload (a whole batch)          | `max_record_bytes` (default 16 MiB, ≤ 256 MiB) |
+//! | entries per record                      | 2^26 (each takes at least 4 bytes of payload)  |
 //! | segment size                            | `segment_bytes` (default 64 MiB), ≥ 4 KiB      |
 //! | bytes on disk                           | `max_bytes`, counted in whole segments: a segment is deleted only once every record in it is acknowledged, so acknowledged records in the oldest segment still count. |
 //! | bytes waiting for the writer            | 64 MiB (beyond it `append` reports `Full`)     |
-//! | in-memory read tail                     | `read_cache_bytes` (default 8 MiB)             |
+//! | in-memory read tail                     | `read_cache_bytes` (default 8 MiB), plus the memos attached to its entries |
 //! | sequence numbers                        | below 2^63 (a record claiming more is corrupt) |
 //!
 //! # Writing, reading, acknowledging
 //!
 //! - [`DiskQueue::append`] assigns the next seq and buffers the record; it fails fast with
 //!   [`AppendError::Full`] at `max_bytes` (nothing is ever dropped by this crate).
+//!   [`DiskQueue::append_batch`] does the same for every entry of a [`RecordBatch`] at once:
+//!   one lock, one record, one checksum (computed before the lock is taken).
+//! - An appender may attach a *memo* (any `M: Clone + Send + Sync`) to each entry: it stays in
+//!   memory beside the written data and comes back with the entry when the reader is served
+//!   from the in-memory tail, so the reader need not decode the bytes. Memos are never
+//!   written; they are dropped when their data leaves the tail or the queue is reopened, and
+//!   the entry then comes back without one.
 //! - The writer thread publishes two watermarks: *written* (handed to the OS) and *durable*
 //!   (covered by the sync policy). Readers see a record once it is durable, so nothing is ever
 //!   delivered that could still vanish or whose producer could still be told it failed (with
 //!   `Always` that costs the reader one group sync; [`Options::read_before_durable`] trades
 //!   this away for latency).
-//! - [`DiskQueue::read_batch`] hands each record out once per process lifetime, in order.
-//! - [`DiskQueue::ack`] may arrive out of order; the contiguous low-water mark is written to the
+//! - [`DiskQueue::read_entries`] (and [`DiskQueue::read_batch`], without memos) hands each
+//!   entry out once per process lifetime, in order; a read may stop inside a multi-entry
+//!   record, and the next one continues there.
+//! - [`DiskQueue::ack`] and [`DiskQueue::ack_many`] may arrive out of order; the contiguous low-water mark is written to the
 //!   checkpoint at most every [`Options::checkpoint_interval`] (sooner when it frees a segment),
-//!   and a segment is deleted once the checkpoint covers all its records.
+//!   and a segment is deleted once the checkpoint covers all its entries.
 //!
 //! # Checkpoint layout (little-endian)
 //!
@@ -89,13 +118,15 @@
 //! Everything at or above the low-water mark is handed out again (at-least-once: acks that were
 //! not yet checkpointed are lost, and those records come back).
 //!
-//! - **A bad record** (checksum mismatch, impossible length, stale seq) is skipped: the scanner
-//!   resynchronises on the next offset holding a record with a sane length, a sequence number
-//!   consistent with the bytes skipped, and a matching checksum. The lost sequence numbers are
+//! - **A bad record** (checksum mismatch, impossible length, malformed entries, stale seq) is
+//!   skipped: the scanner resynchronises on the next offset holding a record with a sane
+//!   length, a sequence number consistent with the bytes skipped, a matching checksum and
+//!   well-formed entries. The lost sequence numbers (every entry of the lost records) are
 //!   counted in `corrupt_records` (and treated as acknowledged), the bytes in `corrupt_bytes`.
 //! - **A torn tail** (a partial or zero-filled record at the end of the last segment, with
 //!   nothing valid after it) is truncated and counted in `truncated_bytes`. A bit flip in the
-//!   very last record looks the same, and is treated the same.
+//!   very last record looks the same, and is treated the same. A torn multi-entry record loses
+//!   all its entries; none of them had been reported durable.
 //! - **A damaged checkpoint** is ignored: everything on disk is replayed.
 //! - A length field of 4 GiB costs nothing: lengths are checked against the format limit and
 //!   the bytes actually in the file before anything is read or allocated.
@@ -103,18 +134,27 @@
 //! # Using it
 //!
 //! ```no_run
-//! use sluice_diskq::{DiskQueue, Options};
+//! use sluice_diskq::{DiskQueue, Options, RecordBatch};
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! // Recovery does blocking file I/O: call `open` from `spawn_blocking` in an async program.
-//! let (queue, report) = DiskQueue::open("/var/lib/sluice/queues/upstream", Options::default())?;
+//! // The memo type (here `u32`) is whatever the reader wants back beside the bytes.
+//! let (queue, report) =
+//!     DiskQueue::<u32>::open("/var/lib/sluice/queues/upstream", Options::default())?;
 //! println!("{report}");
 //! let seq = queue.append(b"an encoded event")?;
 //! queue.wait_durable(seq).await?; // now it may be acknowledged to the producer
-//! for (seq, record) in queue.read_batch(512, 1 << 20).await? {
-//!     // … deliver `record`, then:
-//!     queue.ack(seq);
+//! let mut batch = RecordBatch::new();
+//! batch.push(b"one");
+//! batch.push_with(|buf| buf.extend_from_slice(b"two, encoded in place"));
+//! let seqs = queue.append_batch(&batch, vec![1, 2])?;
+//! queue.wait_durable(seqs.end - 1).await?;
+//! let entries = queue.read_entries(512, 1 << 20).await?;
+//! for entry in &entries {
+//!     // … deliver `entry.memo` if it is there, else decode `entry.bytes`.
 //! }
+//! let seqs: Vec<_> = entries.iter().map(|e| e.seq).collect();
+//! queue.ack_many(&seqs);
 //! queue.close().await?;
 //! # Ok(())
 //! # }
@@ -124,6 +164,8 @@
 //! writer thread, so it blocks for a moment); only a real crash skips that.
 
 mod acks;
+mod append;
+mod batch;
 mod checkpoint;
 mod error;
 mod inspect;
@@ -140,13 +182,15 @@ mod tests;
 
 use std::time::Duration;
 
+pub use batch::RecordBatch;
 pub use checkpoint::CheckpointStatus;
 pub use error::{AppendError, Error, WriteFailure};
 pub use inspect::{InspectReport, SegmentReport, inspect};
 pub use queue::DiskQueue;
+pub use reader::Entry;
 pub use recovery::{RecoveryReport, SkippedRegion};
 
-/// A record's sequence number: per queue, contiguous from 0, surviving restarts.
+/// An entry's sequence number: per queue, contiguous from 0, surviving restarts.
 pub type Seq = u64;
 
 /// When appended records become durable.
@@ -169,13 +213,15 @@ pub struct Options {
     pub max_bytes: u64,
     /// Target size of a segment file (default 64 MiB).
     pub segment_bytes: u64,
-    /// Largest record payload accepted by `append` (default 16 MiB, at most 256 MiB).
+    /// Largest record payload accepted by `append` and `append_batch` (for a batch: its
+    /// [`RecordBatch::payload_bytes`]; default 16 MiB, at most 256 MiB).
     pub max_record_bytes: u32,
     /// When records become durable (default [`SyncPolicy::Always`]).
     pub sync: SyncPolicy,
     /// Longest time an advanced low-water mark waits before being checkpointed (default 1 s).
     pub checkpoint_interval: Duration,
-    /// Bytes of recently written batches kept in memory for readers (default 8 MiB).
+    /// Bytes of recently written batches kept in memory for readers (default 8 MiB). The memos
+    /// attached to their entries are kept as long, and are not counted.
     pub read_cache_bytes: usize,
     /// Hand records to readers as soon as they are written, before they are durable (default
     /// false). Lowers delivery latency under `SyncPolicy::Every`, at a price: if the sync then
@@ -249,9 +295,9 @@ pub struct Stats {
     pub acked_low_water: Seq,
     /// The low-water mark last written to the checkpoint.
     pub checkpointed_low_water: Seq,
-    /// Records appended (or recovered) and not yet acknowledged.
+    /// Entries appended (or recovered) and not yet acknowledged.
     pub unacked_records: u64,
-    /// The seq the next `read_batch` starts at.
+    /// The seq the next `read_entries` starts at.
     pub read_seq: Seq,
     /// Every seq below this has been handed to the OS.
     pub written_seq: Seq,
@@ -265,13 +311,13 @@ pub struct Stats {
     pub segments: usize,
     /// `fdatasync` calls on segment files.
     pub fsyncs: u64,
-    /// Records made durable by those syncs.
+    /// Entries made durable by those syncs.
     pub records_synced: u64,
     /// Bytes written to segment files by this process.
     pub bytes_written: u64,
     /// Checkpoints written by this process.
     pub checkpoints: u64,
-    /// Records lost to corruption (at recovery or while reading).
+    /// Entries lost to corruption (at recovery or while reading).
     pub corrupt_records: u64,
     /// Bytes skipped because of corruption.
     pub corrupt_bytes: u64,

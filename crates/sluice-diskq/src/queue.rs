@@ -1,6 +1,8 @@
 //! [`DiskQueue`]: the public handle, tying recovery, the writer thread and readers together.
+//! (Appending lives in `append.rs`.)
 //!
-//! The handle is a cheap clone of an `Arc`. When the last clone is dropped without `close()`,
+//! The handle is a cheap clone of an `Arc`, generic over the memo type `M` that appenders may
+//! attach to entries (see [`DiskQueue::append_batch`]); `M = ()` when memos are not used. When the last clone is dropped without `close()`,
 //! the writer thread is asked to flush, sync and checkpoint, and is joined, so an orderly drop
 //! loses nothing; only a real crash (or the test-only `crash`) skips that.
 
@@ -14,10 +16,10 @@ use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::{oneshot, watch};
 
-use crate::record::{encode_into, encoded_len};
-use crate::state::{Chunk, Counters, PENDING_LIMIT, Progress, ReadCursor, SegMeta, Shared, State};
+use crate::reader::Entry;
+use crate::state::{Counters, Progress, ReadCursor, Shared, State};
 use crate::writer::{self, ExitInfo};
-use crate::{AppendError, Error, Options, RecoveryReport, Seq, Stats, recovery};
+use crate::{Error, Options, RecoveryReport, Seq, Stats, recovery};
 
 /// File name of the directory lock.
 pub const LOCK_FILE: &str = "lock";
@@ -47,19 +49,37 @@ fn lock_exclusive(lock: &std::fs::File, dir: &Path, lock_path: &Path) -> Result<
     }
 }
 
-/// A durable FIFO queue of byte records stored in a directory. Cheap to clone; `Send + Sync`.
-#[derive(Clone, Debug)]
-pub struct DiskQueue {
-    inner: Arc<Inner>,
+/// A durable FIFO queue of byte entries stored in a directory. Cheap to clone; `Send + Sync`.
+///
+/// `M` is the type of the *memos* appenders may attach to entries: in-memory values (never
+/// written) handed back with the entry when a reader is served from the in-memory tail, so it
+/// need not decode the bytes. `M = ()` when memos are not used.
+pub struct DiskQueue<M = ()> {
+    pub(crate) inner: Arc<Inner<M>>,
 }
 
-#[derive(Debug)]
-struct Inner {
-    shared: Arc<Shared>,
+impl<M> Clone for DiskQueue<M> {
+    fn clone(&self) -> Self {
+        DiskQueue {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<M> std::fmt::Debug for DiskQueue<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskQueue")
+            .field("dir", &self.inner.shared.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Inner<M> {
+    pub(crate) shared: Arc<Shared<M>>,
     writer: Mutex<Option<JoinHandle<ExitInfo>>>,
 }
 
-impl Inner {
+impl<M> Inner<M> {
     fn stop_writer(&self, crash: bool) -> ExitInfo {
         {
             let mut st = self.shared.state.lock();
@@ -83,21 +103,24 @@ impl Inner {
     }
 }
 
-impl Drop for Inner {
+impl<M> Drop for Inner<M> {
     fn drop(&mut self) {
         self.stop_writer(false);
     }
 }
 
-impl DiskQueue {
+impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
     /// Opens (creating if needed) the queue directory, takes an exclusive lock (fs4) so two
     /// processes can't share it, and recovers: see the crate documentation for what recovery
     /// does with damaged data. Fails only if the options are invalid, the directory cannot be
     /// created or read, or it is locked by another live process.
+    ///
+    /// The memo type is inferred from how the queue is used; without memos, name the type
+    /// where nothing else does: `let (q, _): (DiskQueue, _) = DiskQueue::open(dir, opts)?`.
     pub fn open(
         dir: impl AsRef<Path>,
         opts: Options,
-    ) -> Result<(DiskQueue, RecoveryReport), Error> {
+    ) -> Result<(DiskQueue<M>, RecoveryReport), Error> {
         opts.validate()?;
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, None, e))?;
@@ -157,6 +180,7 @@ impl DiskQueue {
             space,
             reader: Mutex::new(ReadCursor {
                 seq: rec.start.seq,
+                record_seq: rec.start.record_seq,
                 segment: rec.start.segment,
                 offset: rec.start.offset,
                 file: None,
@@ -184,92 +208,8 @@ impl DiskQueue {
         &self.shared().dir
     }
 
-    fn shared(&self) -> &Shared {
+    pub(crate) fn shared(&self) -> &Shared<M> {
         &self.inner.shared
-    }
-
-    /// Appends one record without waiting for durability, returning its sequence number.
-    ///
-    /// Errors: [`AppendError::Full`] (max_bytes reached: the caller applies its policy),
-    /// [`AppendError::TooLarge`], [`AppendError::Io`] (a previous write or sync failed: the
-    /// queue is poisoned for writes until reopened), [`AppendError::Closed`].
-    pub fn append(&self, record: &[u8]) -> Result<Seq, AppendError> {
-        let sh = self.shared();
-        let max = sh.opts.max_record_bytes;
-        if record.len() > max as usize {
-            return Err(AppendError::TooLarge {
-                len: record.len(),
-                max,
-            });
-        }
-        let rec_len = encoded_len(record.len()) as u64;
-        let mut st = sh.state.lock();
-        if st.close_requested || st.shutdown {
-            return Err(AppendError::Closed);
-        }
-        if let Some(f) = &st.failed {
-            return Err(AppendError::Io(f.clone()));
-        }
-        let max_bytes = sh.opts.max_bytes;
-        let next_seq = st.next_seq;
-        let all_acked = st.acks.low_water() >= next_seq;
-        let over = st.disk_bytes + rec_len > max_bytes;
-        let active = st.segments.back().copied().unwrap_or(SegMeta {
-            first: next_seq,
-            bytes: 0,
-        });
-        if st.segments.is_empty()
-            || active.bytes > 0
-                && (active.bytes + rec_len > sh.opts.segment_bytes || all_acked && over)
-        {
-            // Roll over. When everything is acknowledged this also lets the old active segment
-            // be deleted, which is the only way to free space in a queue of one segment.
-            st.segments.push_back(SegMeta {
-                first: next_seq,
-                bytes: 0,
-            });
-            if all_acked && over {
-                st.ckpt_urgent = true;
-                sh.wake_writer(&mut st);
-            }
-        }
-        let backlog = st.pending_bytes > 0 && st.pending_bytes + rec_len > PENDING_LIMIT;
-        if over || backlog {
-            st.space_wanted |= backlog;
-            st.full_epoch = Some(*sh.space.borrow());
-            return Err(AppendError::Full {
-                bytes: st.disk_bytes,
-                record_bytes: rec_len,
-                max_bytes,
-            });
-        }
-        st.next_seq = next_seq + 1;
-        st.disk_bytes += rec_len;
-        st.pending_bytes += rec_len;
-        let Some(seg) = st.segments.back_mut() else {
-            unreachable!("segments is never empty: a segment was pushed above if it was");
-        };
-        let (segment, offset) = (seg.first, seg.bytes);
-        seg.bytes += rec_len;
-        match st.pending.last_mut() {
-            Some(c) if c.segment == segment => {
-                encode_into(&mut c.buf, next_seq, record);
-                c.end_seq = next_seq + 1;
-            }
-            _ => {
-                let mut buf = Vec::with_capacity((rec_len as usize).max(4096));
-                encode_into(&mut buf, next_seq, record);
-                st.pending.push(Chunk {
-                    segment,
-                    offset,
-                    first_seq: next_seq,
-                    end_seq: next_seq + 1,
-                    buf,
-                });
-            }
-        }
-        sh.wake_writer(&mut st);
-        Ok(next_seq)
     }
 
     /// Resolves once `seq` is durable per the sync policy: `Always` → covered by an
@@ -319,20 +259,25 @@ impl DiskQueue {
         let _ = rx.changed().await;
     }
 
-    /// Returns the next records in order: at least one, up to `max_records` and about
-    /// `max_bytes` (a single larger record is still returned), waiting until one is available.
-    /// Returns an empty vec only after `close()`, once everything was handed out. Each record is
-    /// handed out once per process lifetime; after a restart every unacknowledged record is
-    /// handed out again.
-    pub async fn read_batch(
+    /// Returns the next entries in order: at least one, up to `max_entries` and about
+    /// `max_bytes` of entry bytes (a single larger entry is still returned), waiting until one
+    /// is available. Returns an empty vec only after `close()`, once everything was handed out.
+    /// Each entry is handed out once per process lifetime; after a restart every
+    /// unacknowledged entry is handed out again. A read may stop inside a multi-entry record;
+    /// the next one continues with its next entry.
+    ///
+    /// Entries served from the in-memory tail are zero-copy slices of the written data and
+    /// carry their memo; entries read from a segment file (the reader fell behind by more than
+    /// `read_cache_bytes`, or the queue was reopened) carry none.
+    pub async fn read_entries(
         &self,
-        max_records: usize,
+        max_entries: usize,
         max_bytes: usize,
-    ) -> Result<Vec<(Seq, Bytes)>, Error> {
+    ) -> Result<Vec<Entry<M>>, Error> {
         let mut rx = self.shared().readable.subscribe();
         loop {
             rx.borrow_and_update();
-            if let Some(batch) = self.try_read_batch(max_records, max_bytes)? {
+            if let Some(batch) = self.try_read_entries(max_entries, max_bytes)? {
                 return Ok(batch);
             }
             if rx.changed().await.is_err() {
@@ -341,32 +286,66 @@ impl DiskQueue {
         }
     }
 
-    /// Like [`DiskQueue::read_batch`] but never waits: `Ok(None)` when nothing is available yet.
+    /// Like [`DiskQueue::read_entries`] but never waits: `Ok(None)` when nothing is available
+    /// yet.
+    pub fn try_read_entries(
+        &self,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<Entry<M>>>, Error> {
+        crate::reader::try_read(self.shared(), max_entries.max(1), max_bytes)
+    }
+
+    /// [`DiskQueue::read_entries`] without the memos: `(seq, bytes)` pairs.
+    pub async fn read_batch(
+        &self,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(Seq, Bytes)>, Error> {
+        let entries = self.read_entries(max_records, max_bytes).await?;
+        Ok(entries.into_iter().map(|e| (e.seq, e.bytes)).collect())
+    }
+
+    /// [`DiskQueue::try_read_entries`] without the memos: `(seq, bytes)` pairs.
     pub fn try_read_batch(
         &self,
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Option<Vec<(Seq, Bytes)>>, Error> {
-        crate::reader::try_read(self.shared(), max_records.max(1), max_bytes)
+        let entries = self.try_read_entries(max_records, max_bytes)?;
+        Ok(entries.map(|v| v.into_iter().map(|e| (e.seq, e.bytes)).collect()))
     }
 
-    /// Acknowledges one record; acks may arrive out of order and repeat. The contiguous
+    /// Acknowledges one entry; acks may arrive out of order and repeat. The contiguous
     /// low-water mark advances and is checkpointed within `checkpoint_interval` (sooner when it
-    /// makes a segment deletable); a segment file is deleted once every record in it is
+    /// makes a segment deletable); a segment file is deleted once every entry in it is
     /// acknowledged and checkpointed. Acks of seqs never appended are ignored.
     pub fn ack(&self, seq: Seq) {
+        self.ack_many(std::slice::from_ref(&seq));
+    }
+
+    /// Acknowledges many entries under one lock, as [`DiskQueue::ack`] does each of them.
+    /// Runs of consecutive seqs (in ascending order) are recorded as one range.
+    pub fn ack_many(&self, seqs: &[Seq]) {
         let sh = self.shared();
         let mut st = sh.state.lock();
-        if seq >= st.next_seq {
-            tracing::debug!(
-                seq,
-                next_seq = st.next_seq,
-                "Ignoring ack of a seq never appended."
-            );
-            return;
-        }
+        let next_seq = st.next_seq;
         let before = st.acks.low_water();
-        st.acks.insert(seq);
+        let mut seqs = seqs.iter().copied().peekable();
+        while let Some(start) = seqs.next() {
+            let mut end = start.saturating_add(1);
+            while seqs.next_if_eq(&end).is_some() {
+                end = end.saturating_add(1);
+            }
+            if end > next_seq {
+                tracing::debug!(
+                    seq = end - 1,
+                    next_seq,
+                    "Ignoring ack of a seq never appended."
+                );
+            }
+            st.acks.insert_range(start, end.min(next_seq));
+        }
         let low = st.acks.low_water();
         if low != before && !st.ckpt_urgent && st.front_deletable(low) {
             st.ckpt_urgent = true;

@@ -1,14 +1,19 @@
-//! Handing records out in order: from the in-memory tail when the reader keeps up, from the
+//! Handing entries out in order: from the in-memory tail when the reader keeps up, from the
 //! segment files otherwise.
 //!
 //! The [`ReadCursor`] (behind its own mutex, so concurrent readers get disjoint batches) holds
-//! the next seq and its exact file position. Invariants:
+//! the next seq and the exact file position of the record holding it. Invariants:
 //!
-//! - Only visible records are handed out, each once: durable ones (below the *durable*
+//! - Only visible entries are handed out, each once: durable ones (below the *durable*
 //!   watermark), or with `Options::read_before_durable` written ones (below *written*).
-//! - The tail path is zero-copy (payloads are slices of the written batch); the file path reads
-//!   through the scanner's 64 KiB window, so memory is bounded by the batch asked for.
-//! - Records lost to corruption found while reading are skipped, treated as acknowledged, and
+//! - A read may stop inside a multi-entry record: the cursor then stays on that record
+//!   (`offset`, `record_seq`) with `seq` on the next entry, and the next read skips the entries
+//!   before it.
+//! - The tail path is zero-copy (entries are slices of the written batch) and hands back the
+//!   memos attached at append; the file path reads through the scanner's 64 KiB window and
+//!   copies each record's payload once, slicing its entries from the copy (no memos), so
+//!   memory is bounded by the batch asked for (plus one record).
+//! - Entries lost to corruption found while reading are skipped, treated as acknowledged, and
 //!   counted unless recovery already counted them (i.e. already acknowledged them).
 //!
 //! File reads are synchronous `pread`s of bounded size made while holding the cursor, short
@@ -18,50 +23,58 @@ use std::fs::File;
 
 use bytes::Bytes;
 
-use crate::record::{HEADER_LEN, read_header};
+use crate::record::{Entries, HEADER_LEN, read_header};
 use crate::segment::{self, Item, Scanner};
 use crate::state::{Counters, ReadCursor, Shared, TailChunk};
 use crate::{Error, Seq};
 
-struct Limits {
-    max_records: usize,
-    max_bytes: usize,
+/// One entry handed out by [`crate::DiskQueue::read_entries`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry<M> {
+    /// Its sequence number, to acknowledge it with.
+    pub seq: Seq,
+    /// Its bytes, as appended.
+    pub bytes: Bytes,
+    /// The memo attached at append, if the entry was served from the in-memory tail (never
+    /// after a reopen, nor once its data left the tail).
+    pub memo: Option<M>,
 }
 
-struct Batch {
-    out: Vec<(Seq, Bytes)>,
+/// The entries gathered by one read, and its limits.
+struct Batch<M> {
+    out: Vec<Entry<M>>,
     bytes: usize,
-}
-
-impl Batch {
-    fn full(&self, l: &Limits) -> bool {
-        self.out.len() >= l.max_records || (self.bytes >= l.max_bytes && !self.out.is_empty())
-    }
-
-    fn push(&mut self, seq: Seq, payload: Bytes) {
-        self.bytes += payload.len();
-        self.out.push((seq, payload));
-    }
-}
-
-/// Returns `Some(records)` (empty only when closed and drained) or `None` if nothing is
-/// available yet.
-pub(crate) fn try_read(
-    sh: &Shared,
-    max_records: usize,
+    max_entries: usize,
     max_bytes: usize,
-) -> Result<Option<Vec<(Seq, Bytes)>>, Error> {
-    let limits = Limits {
-        max_records,
-        max_bytes,
-    };
+}
+
+impl<M> Batch<M> {
+    fn full(&self) -> bool {
+        self.out.len() >= self.max_entries || (self.bytes >= self.max_bytes && !self.out.is_empty())
+    }
+
+    fn push(&mut self, entry: Entry<M>) {
+        self.bytes += entry.bytes.len();
+        self.out.push(entry);
+    }
+}
+
+/// Returns `Some(entries)` (empty only when closed and drained) or `None` if nothing is
+/// available yet.
+pub(crate) fn try_read<M: Clone>(
+    sh: &Shared<M>,
+    max_entries: usize,
+    max_bytes: usize,
+) -> Result<Option<Vec<Entry<M>>>, Error> {
     let mut cur = sh.reader.lock();
     let mut batch = Batch {
         out: Vec::new(),
         bytes: 0,
+        max_entries,
+        max_bytes,
     };
     loop {
-        if batch.full(&limits) {
+        if batch.full() {
             return Ok(Some(batch.out));
         }
         let (visible, chunk) = {
@@ -85,21 +98,51 @@ pub(crate) fn try_read(
         };
         let before = cur.seq;
         if let Some(chunk) = chunk {
-            take_from_chunk(&mut cur, &chunk, &mut batch, &limits, visible);
+            take_from_chunk(&mut cur, &chunk, &mut batch, visible);
         }
         if cur.seq == before {
-            read_from_file(sh, &mut cur, &mut batch, &limits, visible)?;
+            read_from_file(sh, &mut cur, &mut batch, visible)?;
         }
     }
 }
 
-/// Hands out records from a written batch kept in memory. Makes no progress if the cursor's
+/// Hands out the entries of one record (the payload of a record whose first entry is `first`)
+/// from `next` (the cursor's seq, advanced past each entry taken) on, while the batch has room
+/// and they are visible. Returns whether it got past the record's last entry; the caller moves
+/// the cursor's position accordingly.
+fn take_entries<M>(
+    next: &mut Seq,
+    payload: &Bytes,
+    multi: bool,
+    first: Seq,
+    batch: &mut Batch<M>,
+    visible: Seq,
+    memo: impl Fn(Seq) -> Option<M>,
+) -> bool {
+    for (i, range) in Entries::new(payload, multi).enumerate() {
+        let seq = first + i as u64;
+        if seq < *next {
+            continue;
+        }
+        if batch.full() || seq >= visible {
+            return false;
+        }
+        batch.push(Entry {
+            seq,
+            bytes: payload.slice(range),
+            memo: memo(seq),
+        });
+        *next = seq + 1;
+    }
+    true
+}
+
+/// Hands out entries from a written batch kept in memory. Makes no progress if the cursor's
 /// position does not line up with the chunk (the file path then takes over).
-fn take_from_chunk(
+fn take_from_chunk<M: Clone>(
     cur: &mut ReadCursor,
-    chunk: &TailChunk,
-    batch: &mut Batch,
-    limits: &Limits,
+    chunk: &TailChunk<M>,
+    batch: &mut Batch<M>,
     visible: Seq,
 ) {
     let rel = if chunk.segment == cur.segment && cur.offset >= chunk.offset {
@@ -110,24 +153,35 @@ fn take_from_chunk(
         return;
     };
     let mut pos = rel as usize;
-    while !batch.full(limits) && cur.seq < visible {
+    while !batch.full() && cur.seq < visible {
         let Some(h) = chunk.bytes.get(pos..).and_then(read_header) else {
             return;
         };
         let end = pos + HEADER_LEN + h.len as usize;
-        if end > chunk.bytes.len() || h.seq != cur.seq {
+        if end > chunk.bytes.len() {
             return;
         }
-        batch.push(h.seq, chunk.bytes.slice(pos + HEADER_LEN..end));
-        cur.seq = h.seq + 1;
+        let payload = chunk.bytes.slice(pos + HEADER_LEN..end);
+        let count = Entries::new(&payload, h.multi).count() as u64;
+        // The record must hold the cursor's seq.
+        if h.seq > cur.seq || h.seq + count <= cur.seq {
+            return;
+        }
         cur.segment = chunk.segment;
+        cur.offset = chunk.offset + pos as u64;
+        cur.record_seq = h.seq;
+        let memo = |seq| chunk.memos.get(chunk.first_seq, seq);
+        if !take_entries(&mut cur.seq, &payload, h.multi, h.seq, batch, visible, memo) {
+            return;
+        }
         cur.offset = chunk.offset + end as u64;
+        cur.record_seq = cur.seq;
         pos = end;
     }
 }
 
 /// Marks `[from, to)` as lost to corruption found while reading.
-fn lose(sh: &Shared, from: Seq, to: Seq, bytes: u64) {
+fn lose<M>(sh: &Shared<M>, from: Seq, to: Seq, bytes: u64) {
     let newly = sh.state.lock().acks.insert_range(from, to);
     if newly > 0 {
         tracing::warn!(
@@ -142,7 +196,7 @@ fn lose(sh: &Shared, from: Seq, to: Seq, bytes: u64) {
 }
 
 /// The segment to read after `current`, if any.
-fn next_segment(sh: &Shared, current: Seq) -> Option<Seq> {
+fn next_segment<M>(sh: &Shared<M>, current: Seq) -> Option<Seq> {
     let st = sh.state.lock();
     st.segments
         .iter()
@@ -150,13 +204,20 @@ fn next_segment(sh: &Shared, current: Seq) -> Option<Seq> {
         .find(|&first| first > current)
 }
 
-/// Reads records at the cursor from its segment file, moving on to later segments as needed.
+/// Moves the cursor to the start of segment `first`.
+fn enter_segment(cur: &mut ReadCursor, first: Seq) {
+    cur.segment = first;
+    cur.offset = 0;
+    cur.record_seq = cur.seq;
+    cur.file = None;
+}
+
+/// Reads entries at the cursor from its segment file, moving on to later segments as needed.
 /// Returns after making progress (or determining that the rest of the data is lost).
-fn read_from_file(
-    sh: &Shared,
+fn read_from_file<M>(
+    sh: &Shared<M>,
     cur: &mut ReadCursor,
-    batch: &mut Batch,
-    limits: &Limits,
+    batch: &mut Batch<M>,
     written: Seq,
 ) -> Result<(), Error> {
     // The cursor's segment may have been deleted (everything in it acknowledged).
@@ -168,14 +229,11 @@ fn read_from_file(
         .any(|s| s.first == cur.segment);
     if !known {
         match next_segment(sh, cur.segment) {
-            Some(next) => {
-                cur.segment = next;
-                cur.offset = 0;
-                cur.file = None;
-            }
+            Some(next) => enter_segment(cur, next),
             None => {
                 lose(sh, cur.seq, written, 0);
                 cur.seq = written;
+                cur.record_seq = written;
                 return Ok(());
             }
         }
@@ -194,24 +252,48 @@ fn read_from_file(
             .metadata()
             .map_err(|e| Error::io("stat", &path, None, e))?
             .len();
-        let mut sc = Scanner::new(file, &path, file_len, cur.offset, cur.seq);
+        let mut sc = Scanner::new(file, &path, file_len, cur.offset, cur.record_seq);
         loop {
             // Stop before anything not yet fully written: the writer may be mid-write past it.
-            if batch.full(limits) || cur.seq >= written {
+            if batch.full() || cur.seq >= written {
                 return Ok(());
             }
             match sc.next_item()? {
-                Item::Record { seq, offset, len } => {
+                Item::Record {
+                    seq,
+                    offset,
+                    len,
+                    entries,
+                } => {
                     if seq >= written {
                         return Ok(());
                     }
                     if seq > cur.seq {
                         lose(sh, cur.seq, seq, carry);
+                        cur.seq = seq;
                     }
                     carry = 0;
-                    batch.push(seq, Bytes::copy_from_slice(sc.payload()));
-                    cur.seq = seq + 1;
+                    cur.offset = offset;
+                    cur.record_seq = seq;
+                    let end_seq = seq + u64::from(entries);
+                    if end_seq > cur.seq {
+                        let payload = Bytes::copy_from_slice(sc.payload());
+                        let (multi, no_memo) = (entries > 1, |_| None);
+                        if !take_entries(
+                            &mut cur.seq,
+                            &payload,
+                            multi,
+                            seq,
+                            batch,
+                            written,
+                            no_memo,
+                        ) {
+                            return Ok(());
+                        }
+                    }
+                    cur.seq = cur.seq.max(end_seq);
                     cur.offset = offset + len;
+                    cur.record_seq = end_seq;
                 }
                 Item::Corrupt { bytes, .. } => carry += bytes,
                 Item::Tail { bytes, .. } => {
@@ -225,14 +307,11 @@ fn read_from_file(
     // This segment is exhausted below `written`: the rest lies in later segments. Lost seqs
     // (and their count) show up as a gap before the next segment's first record.
     match next_segment(sh, cur.segment) {
-        Some(next) => {
-            cur.segment = next;
-            cur.offset = 0;
-            cur.file = None;
-        }
+        Some(next) => enter_segment(cur, next),
         None => {
             lose(sh, cur.seq, written, carry);
             cur.seq = written;
+            cur.record_seq = written;
         }
     }
     Ok(())

@@ -4,11 +4,13 @@
 //! every segment with the [`Scanner`] (memory bounded by the scan window, whatever the backlog),
 //! and guarantees on return:
 //!
-//! - every valid record at or above the low-water mark will be handed out again, in order;
+//! - every entry of a valid record at or above the low-water mark will be handed out again, in
+//!   order (a record may straddle the low-water mark: reading then starts inside it);
 //! - sequence numbers lost to corruption are counted and pre-acknowledged, so the low-water
 //!   mark can move past them;
 //! - a torn tail of the last segment is truncated (and the truncation synced), so new records
-//!   follow the last valid one;
+//!   follow the last valid one (a torn multi-entry record loses all its entries: none of them
+//!   was reported durable, since they became durable together);
 //! - segments whose every record is acknowledged are deleted;
 //! - `next_seq` is above every seq on disk and at least the low-water mark. If it had to jump
 //!   (the checkpoint is ahead of the data), appends start a fresh segment, so that sequence
@@ -46,7 +48,7 @@ pub struct SkippedRegion {
 /// What recovery found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecoveryReport {
-    /// Unacknowledged records that will be handed out again.
+    /// Unacknowledged entries (sequence numbers) that will be handed out again.
     pub replayed_records: u64,
     /// Sequence numbers lost to corruption.
     pub corrupt_records: u64,
@@ -106,6 +108,8 @@ impl std::fmt::Display for RecoveryReport {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct StartPos {
     pub seq: Seq,
+    /// The first seq of the record at `offset` (below `seq` if reading starts inside it).
+    pub record_seq: Seq,
     pub segment: Seq,
     pub offset: u64,
 }
@@ -197,16 +201,22 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, Error> {
         let mut valid_len = file_len;
         loop {
             match scanner.next_item()? {
-                Item::Record { seq, offset, .. } => {
+                Item::Record {
+                    seq,
+                    offset,
+                    entries,
+                    ..
+                } => {
                     if seq > expected {
                         let lost = acks.insert_range(expected, seq);
                         report.corrupt_records += lost;
                     }
-                    expected = seq + 1;
-                    if seq >= low {
-                        report.replayed_records += 1;
+                    expected = seq + u64::from(entries);
+                    if expected > low {
+                        report.replayed_records += expected - seq.max(low);
                         start.get_or_insert(StartPos {
-                            seq,
+                            seq: seq.max(low),
+                            record_seq: seq,
                             segment: *first,
                             offset,
                         });
@@ -292,6 +302,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, Error> {
             });
             StartPos {
                 seq: next_seq,
+                record_seq: next_seq,
                 segment: active.first,
                 offset: active.bytes,
             }

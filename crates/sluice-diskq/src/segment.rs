@@ -7,12 +7,15 @@
 //!
 //! - It never reads past the file length it was given, and never allocates more than the bytes
 //!   actually present in the file, whatever a length field claims.
-//! - Sequence numbers handed out are strictly increasing: a record with a valid checksum but a
-//!   sequence below the expected one is stale data and treated as corrupt.
+//! - Sequence numbers handed out are strictly increasing: a record covers the seqs of its
+//!   entries (`seq .. seq + entries`), the next record must start at or after the end of the
+//!   previous one, and a record with a valid checksum but a first seq below the expected one is
+//!   stale data and treated as corrupt.
 //! - After a bad record it **resynchronises**: it scans forward byte by byte for the next
 //!   offset holding a plausible header (length within the format limit and within the file,
-//!   sequence number at least the expected one and at most one more per 16 skipped bytes,
-//!   since each lost record occupied at least a header) whose checksum matches. Only then does
+//!   sequence number at least the expected one and at most one more per 4 skipped bytes,
+//!   since each lost entry occupied at least a 4-byte length prefix, and each lost record at
+//!   least a 16-byte header) whose checksum matches and whose entries are well-formed. Only then does
 //!   it report the skipped bytes as [`Item::Corrupt`]. If nothing valid follows, the rest of
 //!   the file is an [`Item::Tail`] (a torn write in the last segment, corruption otherwise).
 
@@ -20,7 +23,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::record::{self, Decoded, FORMAT_MAX_PAYLOAD, HEADER_LEN, MAX_SEQ};
+use crate::record::{self, Decoded, ENTRY_PREFIX_LEN, FORMAT_MAX_PAYLOAD, HEADER_LEN, MAX_SEQ};
 use crate::{Error, Seq};
 
 /// File extension of segment files.
@@ -60,12 +63,14 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(Seq, PathBuf)>, Error> {
 pub enum Item {
     /// A valid record; its payload is available from [`Scanner::payload`] until the next call.
     Record {
-        /// Its sequence number (≥ the expected one; a gap means records were lost before it).
+        /// The seq of its first entry (≥ the expected one; a gap means entries were lost).
         seq: Seq,
         /// Its offset in the file.
         offset: u64,
         /// Its total length (header + payload).
         len: u64,
+        /// How many entries it holds: it covers `seq .. seq + entries`.
+        entries: u32,
     },
     /// Bytes that hold no valid record, followed by a valid one (returned by the next call).
     Corrupt {
@@ -150,8 +155,12 @@ impl<'a> Scanner<'a> {
     }
 
     /// Tries to read a record at `at` whose seq is at least `min_seq`.
-    /// Returns `Ok(Ok((seq, len)))` or `Ok(Err(reason))`.
-    fn record_at(&mut self, at: u64, min_seq: Seq) -> Result<Result<(Seq, u64), String>, Error> {
+    /// Returns `Ok(Ok((seq, len, entries)))` or `Ok(Err(reason))`.
+    fn record_at(
+        &mut self,
+        at: u64,
+        min_seq: Seq,
+    ) -> Result<Result<(Seq, u64, u32), String>, Error> {
         if !self.ensure(at, HEADER_LEN)? {
             return Ok(Err(format!(
                 "partial header: {} bytes before end of file",
@@ -176,10 +185,16 @@ impl<'a> Scanner<'a> {
         }
         let rel = self.rel(at);
         match record::decode(&self.buf[rel..]) {
-            Decoded::Record { seq, payload, len } => {
-                if seq > MAX_SEQ {
+            Decoded::Record {
+                seq,
+                payload,
+                len,
+                entries,
+            } => {
+                // `entries` is below 2^26 (each takes 4 bytes of at most 256 MiB): no overflow.
+                if seq > MAX_SEQ || seq + u64::from(entries) - 1 > MAX_SEQ {
                     return Ok(Err(format!(
-                        "sequence number {seq} exceeds the format limit {MAX_SEQ}"
+                        "sequence numbers {seq}+{entries} exceed the format limit {MAX_SEQ}"
                     )));
                 }
                 if seq < min_seq {
@@ -188,7 +203,7 @@ impl<'a> Scanner<'a> {
                     )));
                 }
                 self.last_payload = rel + payload.start..rel + payload.end;
-                Ok(Ok((seq, len as u64)))
+                Ok(Ok((seq, len as u64, entries)))
             }
             Decoded::Invalid(why) => Ok(Err(why.to_string())),
             Decoded::Incomplete { need } => Ok(Err(format!("incomplete record of {need} bytes"))),
@@ -203,7 +218,7 @@ impl<'a> Scanner<'a> {
         let Some(h) = record::read_header(&self.buf[self.rel(q)..]) else {
             return Ok(false);
         };
-        let lost_max = (q - from) / HEADER_LEN as u64;
+        let lost_max = (q - from) / ENTRY_PREFIX_LEN as u64;
         Ok(h.len <= FORMAT_MAX_PAYLOAD
             && q + (HEADER_LEN as u64) + u64::from(h.len) <= self.file_len
             && h.seq <= MAX_SEQ
@@ -230,13 +245,14 @@ impl<'a> Scanner<'a> {
         }
         let at = self.pos;
         match self.record_at(at, self.expected)? {
-            Ok((seq, len)) => {
+            Ok((seq, len, entries)) => {
                 self.pos = at + len;
-                self.expected = seq + 1;
+                self.expected = seq + u64::from(entries);
                 Ok(Item::Record {
                     seq,
                     offset: at,
                     len,
+                    entries,
                 })
             }
             Err(reason) => match self.resync(at)? {

@@ -10,7 +10,10 @@
 //! - `disk_bytes` is the sum of `segments[..].bytes`, which count pending bytes too.
 //! - `pending` chunks are contiguous in seq and in file offset, in order; `written` is the
 //!   first seq not yet handed to the OS, so `pending` starts at `written`.
-//! - `tail` holds written chunks in seq order, ending at `written`.
+//! - `tail` holds written chunks in seq order, ending at `written`. Readers clone the `Arc` of a
+//!   chunk under the lock and read it after releasing it.
+//! - Memos (in-memory values appenders attach to entries) live only in `pending` and `tail`
+//!   chunks, indexed by seq: they are dropped with their chunk and never written.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
@@ -37,24 +40,57 @@ pub(crate) struct SegMeta {
     pub bytes: u64,
 }
 
+/// The memos of a chunk's entries, by seq: entry `first_seq + i` has memo `slots[i]`. Appends
+/// without memos add no slots (a missing slot reads as no memo), so a queue that never uses
+/// memos never allocates for them.
+#[derive(Debug)]
+pub(crate) struct Memos<M> {
+    slots: Vec<Option<M>>,
+}
+
+impl<M: Clone> Memos<M> {
+    pub fn new() -> Self {
+        Memos { slots: Vec::new() }
+    }
+
+    /// Attaches `memos` to the entries from `first` on, in a chunk starting at `base`.
+    pub fn attach(&mut self, base: Seq, first: Seq, memos: impl ExactSizeIterator<Item = M>) {
+        if memos.len() == 0 {
+            return;
+        }
+        // Chunks are far smaller than the address space: the index fits.
+        let at = (first - base) as usize;
+        self.slots.resize_with(at, || None);
+        self.slots.extend(memos.map(Some));
+    }
+
+    /// The memo of entry `seq` in a chunk starting at `base`.
+    pub fn get(&self, base: Seq, seq: Seq) -> Option<M> {
+        let i = usize::try_from(seq.checked_sub(base)?).ok()?;
+        self.slots.get(i).cloned().flatten()
+    }
+}
+
 /// Encoded records for one segment, waiting to be written.
 #[derive(Debug)]
-pub(crate) struct Chunk {
+pub(crate) struct Chunk<M> {
     pub segment: Seq,
     pub offset: u64,
     pub first_seq: Seq,
     pub end_seq: Seq,
     pub buf: Vec<u8>,
+    pub memos: Memos<M>,
 }
 
 /// A written chunk kept in memory for readers.
-#[derive(Debug, Clone)]
-pub(crate) struct TailChunk {
+#[derive(Debug)]
+pub(crate) struct TailChunk<M> {
     pub segment: Seq,
     pub offset: u64,
     pub first_seq: Seq,
     pub end_seq: Seq,
     pub bytes: Bytes,
+    pub memos: Memos<M>,
 }
 
 /// What async waiters watch.
@@ -75,7 +111,7 @@ pub(crate) type DurableOutcome = Result<(), Arc<WriteFailure>>;
 
 /// The mutable state behind [`Shared::state`].
 #[derive(Debug)]
-pub(crate) struct State {
+pub(crate) struct State<M> {
     pub next_seq: Seq,
     pub written: Seq,
     /// Every seq below is durable (mirrors `Progress::durable`, but read under this lock so
@@ -84,7 +120,7 @@ pub(crate) struct State {
     /// `wait_durable` callers by seq, released exactly when a sync covers them: a sync wakes
     /// only the waiters it covers, not every waiter.
     pub waiters: BTreeMap<Seq, Vec<oneshot::Sender<DurableOutcome>>>,
-    pub pending: Vec<Chunk>,
+    pub pending: Vec<Chunk<M>>,
     pub pending_bytes: u64,
     pub segments: VecDeque<SegMeta>,
     pub disk_bytes: u64,
@@ -101,13 +137,13 @@ pub(crate) struct State {
     pub shutdown: bool,
     pub crash: bool,
     pub failed: Option<Arc<WriteFailure>>,
-    pub tail: VecDeque<TailChunk>,
+    pub tail: VecDeque<Arc<TailChunk<M>>>,
     pub tail_bytes: usize,
     /// The writer thread is waiting on the condvar.
     pub writer_idle: bool,
 }
 
-impl State {
+impl<M> State<M> {
     /// Whether the oldest segment holds only acknowledged records and can be deleted once the
     /// checkpoint covers it.
     pub fn front_deletable(&self, low: Seq) -> bool {
@@ -122,10 +158,13 @@ impl State {
     }
 }
 
-/// Where the next `read_batch` starts.
+/// Where the next read starts: entry `seq`, in the record at `offset` of `segment`, whose first
+/// entry is `record_seq` (below `seq` when the last read stopped inside a multi-entry record,
+/// equal to it at a record boundary).
 #[derive(Debug)]
 pub(crate) struct ReadCursor {
     pub seq: Seq,
+    pub record_seq: Seq,
     pub segment: Seq,
     pub offset: u64,
     /// The open segment file last read from.
@@ -155,10 +194,10 @@ impl Counters {
 
 /// Everything the queue handle, readers and writer thread share.
 #[derive(Debug)]
-pub(crate) struct Shared {
+pub(crate) struct Shared<M> {
     pub dir: PathBuf,
     pub opts: Options,
-    pub state: Mutex<State>,
+    pub state: Mutex<State<M>>,
     pub wake: Condvar,
     pub progress: watch::Sender<Progress>,
     /// Notified when records become readable, and when the queue closes or fails. Kept apart
@@ -173,9 +212,9 @@ pub(crate) struct Shared {
     pub _lock: File,
 }
 
-impl Shared {
+impl<M> Shared<M> {
     /// Wakes the writer thread if it is waiting.
-    pub fn wake_writer(&self, st: &mut State) {
+    pub fn wake_writer(&self, st: &mut State<M>) {
         if st.writer_idle {
             st.writer_idle = false;
             self.wake.notify_one();

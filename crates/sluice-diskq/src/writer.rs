@@ -48,8 +48,8 @@ struct OpenSegment {
 }
 
 /// The writer thread's own state.
-struct Writer {
-    shared: Arc<Shared>,
+struct Writer<M> {
+    shared: Arc<Shared<M>>,
     active: Option<OpenSegment>,
     written: u64,
     durable: u64,
@@ -58,9 +58,9 @@ struct Writer {
 }
 
 /// Publishes a failure if the writer thread unwinds, so no waiter hangs forever.
-struct PanicGuard<'a>(&'a Shared);
+struct PanicGuard<'a, M>(&'a Shared<M>);
 
-impl Drop for PanicGuard<'_> {
+impl<M> Drop for PanicGuard<'_, M> {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let failure = Arc::new(WriteFailure {
@@ -81,7 +81,7 @@ impl Drop for PanicGuard<'_> {
 }
 
 /// Runs the writer until shutdown (or a simulated crash).
-pub(crate) fn run(shared: Arc<Shared>, written: u64) -> ExitInfo {
+pub(crate) fn run<M>(shared: Arc<Shared<M>>, written: u64) -> ExitInfo {
     let _guard = PanicGuard(&shared);
     let mut w = Writer {
         shared: shared.clone(),
@@ -94,7 +94,7 @@ pub(crate) fn run(shared: Arc<Shared>, written: u64) -> ExitInfo {
     w.run()
 }
 
-impl Writer {
+impl<M> Writer<M> {
     fn sync_interval(&self) -> Option<Duration> {
         match self.shared.opts.sync {
             SyncPolicy::Every(d) => Some(d),
@@ -250,7 +250,7 @@ impl Writer {
         true
     }
 
-    fn write_batch(&mut self, batch: Vec<crate::state::Chunk>) {
+    fn write_batch(&mut self, batch: Vec<crate::state::Chunk<M>>) {
         if batch.is_empty() || self.failed() {
             return;
         }
@@ -272,13 +272,14 @@ impl Writer {
             seg.written_len = seg.written_len.max(chunk.offset + len);
             bytes_total += len;
             self.written = chunk.end_seq;
-            tail.push(TailChunk {
+            tail.push(Arc::new(TailChunk {
                 segment: chunk.segment,
                 offset: chunk.offset,
                 first_seq: chunk.first_seq,
                 end_seq: chunk.end_seq,
                 bytes: Bytes::from(chunk.buf),
-            });
+                memos: chunk.memos,
+            }));
         }
         Counters::add(&self.shared.counters.bytes_written, bytes_total);
         let limit = self.shared.opts.read_cache_bytes;
@@ -289,14 +290,20 @@ impl Writer {
             st.tail_bytes += t.bytes.len();
             st.tail.push_back(t);
         }
+        // Evicted chunks (and the memos they hold) are freed after the lock is released.
+        let mut evicted = Vec::new();
         while st.tail_bytes > limit {
             match st.tail.pop_front() {
-                Some(old) => st.tail_bytes -= old.bytes.len(),
+                Some(old) => {
+                    st.tail_bytes -= old.bytes.len();
+                    evicted.push(old);
+                }
                 None => break,
             }
         }
         let space = std::mem::take(&mut st.space_wanted);
         drop(st);
+        drop(evicted);
         let written = self.written;
         // Record the watermark without waking `wait_durable` callers: only readers care.
         self.shared.progress.send_if_modified(|p| {

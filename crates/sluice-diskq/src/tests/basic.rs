@@ -8,7 +8,7 @@ use crate::{AppendError, DiskQueue, Error, Options, SyncPolicy};
 #[tokio::test]
 async fn appended_records_are_read_back_in_order_with_contiguous_seqs() {
     let dir = tempfile::tempdir().unwrap();
-    let (q, report) = DiskQueue::open(dir.path(), small_opts()).unwrap();
+    let (q, report) = DiskQueue::<()>::open(dir.path(), small_opts()).unwrap();
     assert_eq!(report.replayed_records, 0);
     assert_eq!(fill(&q, 0, 200).await, (0..200).collect::<Vec<_>>());
     let got = drain(&q);
@@ -31,7 +31,7 @@ async fn appended_records_are_read_back_in_order_with_contiguous_seqs() {
 #[tokio::test]
 async fn read_batch_waits_for_an_append_and_respects_limits() {
     let dir = tempfile::tempdir().unwrap();
-    let (q, _) = DiskQueue::open(dir.path(), small_opts()).unwrap();
+    let (q, _) = DiskQueue::<()>::open(dir.path(), small_opts()).unwrap();
     let reader = {
         let q = q.clone();
         tokio::spawn(async move { q.read_batch(3, 1 << 20).await.unwrap() })
@@ -56,7 +56,7 @@ async fn close_flushes_and_readers_then_get_an_empty_batch() {
         sync: SyncPolicy::Never,
         ..small_opts()
     };
-    let (q, _) = DiskQueue::open(dir.path(), opts).unwrap();
+    let (q, _) = DiskQueue::<()>::open(dir.path(), opts).unwrap();
     for i in 0..10 {
         q.append(&payload(i)).unwrap();
     }
@@ -83,7 +83,7 @@ async fn close_flushes_and_readers_then_get_an_empty_batch() {
 async fn checkpoint_survives_restart_and_only_unacked_records_come_back() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let (q, _) = DiskQueue::open(dir.path(), small_opts()).unwrap();
+        let (q, _) = DiskQueue::<()>::open(dir.path(), small_opts()).unwrap();
         fill(&q, 0, 100).await;
         assert_eq!(drain(&q).len(), 100);
         // Out of order: 0..40 and 50..60 acknowledged; the low-water mark stops at 40.
@@ -95,7 +95,7 @@ async fn checkpoint_survives_restart_and_only_unacked_records_come_back() {
         q.close().await.unwrap();
         assert_eq!(q.stats().checkpointed_low_water, 40);
     }
-    let (q, report) = DiskQueue::open(dir.path(), small_opts()).unwrap();
+    let (q, report) = DiskQueue::<()>::open(dir.path(), small_opts()).unwrap();
     assert_eq!(report.acked_low_water, 40);
     // Acks above the low-water mark are not persisted: 50..60 come back (at-least-once).
     assert_eq!(report.replayed_records, 60);
@@ -113,7 +113,7 @@ async fn checkpoint_survives_restart_and_only_unacked_records_come_back() {
 #[tokio::test]
 async fn segments_are_deleted_once_every_record_in_them_is_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
-    let (q, _) = DiskQueue::open(dir.path(), small_opts()).unwrap();
+    let (q, _) = DiskQueue::<()>::open(dir.path(), small_opts()).unwrap();
     fill(&q, 0, 300).await;
     let before = q.stats();
     assert!(before.segments >= 4, "{before:?}");
@@ -146,7 +146,7 @@ async fn segments_are_deleted_once_every_record_in_them_is_acknowledged() {
     assert!(after.bytes_on_disk < before.bytes_on_disk);
     assert_eq!(seg_files(), after.segments);
     drop(q);
-    let (_q, report) = DiskQueue::open(dir.path(), small_opts()).unwrap();
+    let (_q, report) = DiskQueue::<()>::open(dir.path(), small_opts()).unwrap();
     assert_eq!(report.acked_low_water, 150);
     assert_eq!(report.replayed_records, 150);
 }
@@ -159,7 +159,7 @@ async fn full_queue_refuses_appends_until_acks_free_a_segment() {
         max_record_bytes: 1024,
         ..small_opts()
     };
-    let (q, _) = DiskQueue::open(dir.path(), opts).unwrap();
+    let (q, _) = DiskQueue::<()>::open(dir.path(), opts).unwrap();
     let mut appended = 0u64;
     let full = loop {
         match q.append(&[7u8; 200]) {
@@ -211,7 +211,7 @@ async fn full_queue_refuses_appends_until_acks_free_a_segment() {
 #[tokio::test]
 async fn oversized_records_are_refused_without_writing() {
     let dir = tempfile::tempdir().unwrap();
-    let (q, _) = DiskQueue::open(dir.path(), small_opts()).unwrap();
+    let (q, _) = DiskQueue::<()>::open(dir.path(), small_opts()).unwrap();
     let err = q.append(&vec![0u8; (1 << 16) + 1]).unwrap_err();
     assert!(
         matches!(
@@ -233,15 +233,15 @@ async fn oversized_records_are_refused_without_writing() {
 #[tokio::test]
 async fn a_locked_directory_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let (q, _) = DiskQueue::open(dir.path(), small_opts()).unwrap();
-    let err = DiskQueue::open(dir.path(), small_opts()).unwrap_err();
+    let (q, _) = DiskQueue::<()>::open(dir.path(), small_opts()).unwrap();
+    let err = DiskQueue::<()>::open(dir.path(), small_opts()).unwrap_err();
     assert!(matches!(err, Error::Locked { .. }));
     assert!(
         err.to_string().contains("locked by another process"),
         "{err}"
     );
     drop(q);
-    DiskQueue::open(dir.path(), small_opts()).unwrap();
+    DiskQueue::<()>::open(dir.path(), small_opts()).unwrap();
 }
 
 #[test]
@@ -251,7 +251,7 @@ fn inconsistent_options_are_refused() {
         max_bytes: 100,
         ..small_opts()
     };
-    let err = DiskQueue::open(dir.path(), opts).unwrap_err();
+    let err = DiskQueue::<()>::open(dir.path(), opts).unwrap_err();
     assert!(
         err.to_string().contains("max_bytes: expected at least"),
         "{err}"
@@ -267,7 +267,7 @@ async fn readers_see_records_only_once_durable_unless_asked_otherwise() {
             read_before_durable: early,
             ..small_opts()
         };
-        let (q, _) = DiskQueue::open(dir.path(), opts).unwrap();
+        let (q, _) = DiskQueue::<()>::open(dir.path(), opts).unwrap();
         let seq = q.append(b"one").unwrap();
         let started = std::time::Instant::now();
         let got = q.read_batch(10, 1 << 20).await.unwrap();
@@ -293,7 +293,7 @@ async fn every_policy_makes_records_durable_after_the_interval() {
         sync: SyncPolicy::Every(Duration::from_millis(30)),
         ..small_opts()
     };
-    let (q, _) = DiskQueue::open(dir.path(), opts).unwrap();
+    let (q, _) = DiskQueue::<()>::open(dir.path(), opts).unwrap();
     let started = std::time::Instant::now();
     let mut last = 0;
     for i in 0..50 {
@@ -317,7 +317,7 @@ async fn records_acknowledged_before_being_read_may_be_skipped_but_nothing_else_
         read_cache_bytes: 0,
         ..small_opts()
     };
-    let (q, _) = DiskQueue::open(dir.path(), opts).unwrap();
+    let (q, _) = DiskQueue::<()>::open(dir.path(), opts).unwrap();
     fill(&q, 0, 300).await;
     for seq in 0..150 {
         q.ack(seq);
@@ -343,7 +343,7 @@ async fn a_queue_whose_every_record_is_acknowledged_and_checkpointed_frees_space
         checkpoint_interval: Duration::from_millis(2),
         ..small_opts()
     };
-    let (q, _) = DiskQueue::open(dir.path(), opts).unwrap();
+    let (q, _) = DiskQueue::<()>::open(dir.path(), opts).unwrap();
     // A reader that keeps up: every record is acknowledged and checkpointed before the next
     // append, so when the segment fills there is nothing left to acknowledge.
     let mut fulls = 0;

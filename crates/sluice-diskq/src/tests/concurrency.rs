@@ -33,7 +33,7 @@ fn concurrent_writers_readers_and_acks_lose_nothing_across_a_restart() {
         checkpoint_interval: Duration::from_millis(5),
         ..small_opts()
     };
-    let (q, _) = DiskQueue::open(dir.path(), opts.clone()).unwrap();
+    let (q, _) = DiskQueue::<()>::open(dir.path(), opts.clone()).unwrap();
     let (appended, read) = rt.block_on(async {
         let filled = Arc::new(AtomicBool::new(false));
         let reader = {
@@ -117,7 +117,7 @@ fn concurrent_writers_readers_and_acks_lose_nothing_across_a_restart() {
     assert!(stats.bytes_on_disk <= opts.max_bytes);
     drop(q);
 
-    let (q, report) = DiskQueue::open(dir.path(), opts).unwrap();
+    let (q, report) = DiskQueue::<()>::open(dir.path(), opts).unwrap();
     assert_eq!(report.replayed_records, LEFT_UNACKED);
     let again = super::drain(&q);
     assert_eq!(

@@ -20,7 +20,7 @@ fn rec_payload(seq: Seq) -> Vec<u8> {
 
 /// Writes `n` records, closes the queue, and returns the segment paths.
 async fn write_closed(dir: &Path, n: u64) -> Vec<PathBuf> {
-    let (q, _) = DiskQueue::open(dir, small_opts()).unwrap();
+    let (q, _) = DiskQueue::<()>::open(dir, small_opts()).unwrap();
     for s in 0..n {
         assert_eq!(q.append(&rec_payload(s)).unwrap(), s);
     }
@@ -50,7 +50,7 @@ fn flip(path: &Path, offset: u64) {
 
 /// Reopens and reads everything, returning the report and the seqs handed out.
 async fn reopen_and_read(dir: &Path) -> (crate::RecoveryReport, Vec<Seq>, DiskQueue) {
-    let (q, report) = DiskQueue::open(dir, small_opts()).unwrap();
+    let (q, report) = DiskQueue::<()>::open(dir, small_opts()).unwrap();
     let got = super::drain(&q);
     for (seq, bytes) in &got {
         assert_eq!(bytes, &rec_payload(*seq), "payload of seq {seq}");
@@ -155,7 +155,7 @@ async fn a_damaged_end_of_an_older_segment_loses_only_its_records() {
 async fn a_damaged_checkpoint_replays_everything_instead_of_refusing() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let (q, _) = DiskQueue::open(dir.path(), small_opts()).unwrap();
+        let (q, _) = DiskQueue::<()>::open(dir.path(), small_opts()).unwrap();
         for s in 0..10 {
             q.append(&rec_payload(s)).unwrap();
             q.ack(s);
@@ -175,7 +175,7 @@ async fn a_damaged_checkpoint_replays_everything_instead_of_refusing() {
 #[tokio::test]
 async fn corruption_found_while_reading_is_skipped_and_counted() {
     let dir = tempfile::tempdir().unwrap();
-    let (q, _) = DiskQueue::open(dir.path(), small_opts()).unwrap();
+    let (q, _) = DiskQueue::<()>::open(dir.path(), small_opts()).unwrap();
     for s in 0..300 {
         q.append(&rec_payload(s)).unwrap();
     }
@@ -195,7 +195,7 @@ async fn corruption_found_while_reading_is_skipped_and_counted() {
 #[tokio::test]
 async fn inspect_reports_a_live_and_a_corrupt_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let (q, _) = DiskQueue::open(dir.path(), small_opts()).unwrap();
+    let (q, _) = DiskQueue::<()>::open(dir.path(), small_opts()).unwrap();
     for s in 0..100 {
         q.append(&rec_payload(s)).unwrap();
     }

@@ -22,7 +22,7 @@ fn concurrent_appenders_share_fsyncs_and_every_waiter_is_released() {
         segment_bytes: 1 << 20,
         ..small_opts()
     };
-    let (q, _) = DiskQueue::open(dir.path(), opts).unwrap();
+    let (q, _) = DiskQueue::<()>::open(dir.path(), opts).unwrap();
     rt.block_on(async {
         let mut tasks = Vec::new();
         for w in 0..WRITERS {
@@ -61,7 +61,7 @@ fn concurrent_appenders_share_fsyncs_and_every_waiter_is_released() {
 #[tokio::test]
 async fn a_failed_write_is_never_reported_durable_and_poisons_the_queue() {
     let dir = tempfile::tempdir().unwrap();
-    let (q, _) = DiskQueue::open(dir.path(), small_opts()).unwrap();
+    let (q, _) = DiskQueue::<()>::open(dir.path(), small_opts()).unwrap();
     // Every write to /dev/full fails with ENOSPC.
     std::os::unix::fs::symlink("/dev/full", crate::segment::segment_path(dir.path(), 0)).unwrap();
     // The first append always succeeds; later ones may already see the failure.
@@ -107,7 +107,7 @@ async fn never_policy_resolves_after_write_without_fsync() {
         sync: SyncPolicy::Never,
         ..small_opts()
     };
-    let (q, _) = DiskQueue::open(dir.path(), opts).unwrap();
+    let (q, _) = DiskQueue::<()>::open(dir.path(), opts).unwrap();
     let q = Arc::new(q);
     let mut last = 0;
     for i in 0..100 {

@@ -35,7 +35,7 @@ fn kill_child() {
         .enable_all()
         .build()
         .unwrap();
-    let (q, _) = DiskQueue::open(&dir, opts()).unwrap();
+    let (q, _) = DiskQueue::<()>::open(&dir, opts()).unwrap();
     rt.block_on(async {
         let stop = Instant::now() + Duration::from_secs(20);
         let reader = {
@@ -141,7 +141,7 @@ fn sigkill_loses_no_durable_record() {
             "round {round}: the child made nothing durable"
         );
 
-        let (q, report) = DiskQueue::open(dir.path(), opts()).unwrap();
+        let (q, report) = DiskQueue::<()>::open(dir.path(), opts()).unwrap();
         assert_eq!(report.corrupt_records, 0, "round {round}: {report}");
         let low = report.acked_low_water;
         // Everything below the checkpoint was acknowledged by the child.

@@ -3,6 +3,7 @@
 mod basic;
 mod concurrency;
 mod corruption;
+mod entries;
 mod group_commit;
 mod kill;
 mod model;

@@ -107,7 +107,8 @@ fn open(
     small: bool,
     early: bool,
 ) -> (DiskQueue, crate::RecoveryReport) {
-    DiskQueue::open(dir, opts(sync, small, early)).expect("reopen must never fail on crash damage")
+    DiskQueue::<()>::open(dir, opts(sync, small, early))
+        .expect("reopen must never fail on crash damage")
 }
 
 async fn run(

@@ -1,0 +1,163 @@
+//! Appending: how entries get into the pending write of the active segment.
+//!
+//! Every append — one entry, one entry with a memo, or a whole [`RecordBatch`] — becomes one
+//! record. Its payload checksum is computed before the queue's lock is taken; under the lock
+//! the append only reserves sequence numbers and bytes (rolling the active segment over if the
+//! record would not fit), combines the checksum with the seq, and copies the record into the
+//! pending chunk with one `memcpy`. Invariants:
+//!
+//! - An append is all or nothing: the record is either buffered whole, with every entry
+//!   numbered contiguously, or refused with nothing buffered.
+//! - Bytes on disk never pass `max_bytes`, and pending bytes never pass the pending limit
+//!   (beyond the first record), so a refused append costs no memory.
+//! - Memos are attached to their entries in the pending chunk and travel with it to the tail.
+
+use std::ops::Range;
+
+use crate::record::{Prepared, encoded_len};
+use crate::state::{Chunk, Memos, PENDING_LIMIT, SegMeta};
+use crate::{AppendError, DiskQueue, RecordBatch, Seq};
+
+impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
+    /// Appends one entry without waiting for durability, returning its sequence number.
+    ///
+    /// Errors: [`AppendError::Full`] (max_bytes reached: the caller applies its policy),
+    /// [`AppendError::TooLarge`], [`AppendError::Io`] (a previous write or sync failed: the
+    /// queue is poisoned for writes until reopened), [`AppendError::Closed`].
+    pub fn append(&self, record: &[u8]) -> Result<Seq, AppendError> {
+        self.append_prepared(Prepared::single(record), std::iter::empty())
+            .map(|seqs| seqs.start)
+    }
+
+    /// Like [`DiskQueue::append`], attaching `memo` to the entry (see [`DiskQueue::append_batch`]).
+    pub fn append_with_memo(&self, record: &[u8], memo: M) -> Result<Seq, AppendError> {
+        self.append_prepared(Prepared::single(record), std::iter::once(memo))
+            .map(|seqs| seqs.start)
+    }
+
+    /// Appends every entry of `batch` as one record, under one lock and with one checksum,
+    /// returning their sequence numbers (contiguous, in batch order). A batch of one entry is
+    /// written as a plain record; an empty batch appends nothing and returns an empty range.
+    ///
+    /// `memos` is empty (no memos) or holds one memo per entry, in order (any other length is
+    /// a bug in the caller and is treated as empty). A memo is kept in memory with its entry
+    /// and handed back by [`DiskQueue::read_entries`] if the entry is read from the in-memory
+    /// tail; it is never written, and is dropped when its data leaves the tail
+    /// (`read_cache_bytes`) or the queue is reopened.
+    ///
+    /// Errors are those of [`DiskQueue::append`], for the batch as a whole: `TooLarge` compares
+    /// [`RecordBatch::payload_bytes`] with `max_record_bytes`, and on `Full` nothing is
+    /// appended.
+    pub fn append_batch(
+        &self,
+        batch: &RecordBatch,
+        memos: Vec<M>,
+    ) -> Result<Range<Seq>, AppendError> {
+        let Some(record) = batch.prepare() else {
+            let next = self.shared().state.lock().next_seq;
+            return Ok(next..next);
+        };
+        let mut memos = memos;
+        if !memos.is_empty() && memos.len() != batch.len() {
+            debug_assert!(
+                false,
+                "append_batch: expected 0 or {} memos, found {}",
+                batch.len(),
+                memos.len()
+            );
+            memos.clear();
+        }
+        self.append_prepared(record, memos.into_iter())
+    }
+
+    /// Reserves seqs and bytes for `record` and copies it into the pending chunk.
+    fn append_prepared(
+        &self,
+        record: Prepared<'_>,
+        memos: impl ExactSizeIterator<Item = M>,
+    ) -> Result<Range<Seq>, AppendError> {
+        let sh = self.shared();
+        let max = sh.opts.max_record_bytes;
+        let payload_len = record.payload_len();
+        if payload_len > max as usize {
+            return Err(AppendError::TooLarge {
+                len: payload_len,
+                max,
+            });
+        }
+        let rec_len = encoded_len(payload_len) as u64;
+        let entries = u64::from(record.entries());
+        let mut st = sh.state.lock();
+        if st.close_requested || st.shutdown {
+            return Err(AppendError::Closed);
+        }
+        if let Some(f) = &st.failed {
+            return Err(AppendError::Io(f.clone()));
+        }
+        let max_bytes = sh.opts.max_bytes;
+        let next_seq = st.next_seq;
+        let all_acked = st.acks.low_water() >= next_seq;
+        let over = st.disk_bytes + rec_len > max_bytes;
+        let active = st.segments.back().copied().unwrap_or(SegMeta {
+            first: next_seq,
+            bytes: 0,
+        });
+        if st.segments.is_empty()
+            || active.bytes > 0
+                && (active.bytes + rec_len > sh.opts.segment_bytes || all_acked && over)
+        {
+            // Roll over. When everything is acknowledged this also lets the old active segment
+            // be deleted, which is the only way to free space in a queue of one segment.
+            st.segments.push_back(SegMeta {
+                first: next_seq,
+                bytes: 0,
+            });
+            if all_acked && over {
+                st.ckpt_urgent = true;
+                sh.wake_writer(&mut st);
+            }
+        }
+        let backlog = st.pending_bytes > 0 && st.pending_bytes + rec_len > PENDING_LIMIT;
+        if over || backlog {
+            st.space_wanted |= backlog;
+            st.full_epoch = Some(*sh.space.borrow());
+            return Err(AppendError::Full {
+                bytes: st.disk_bytes,
+                record_bytes: rec_len,
+                max_bytes,
+            });
+        }
+        let end_seq = next_seq + entries;
+        st.next_seq = end_seq;
+        st.disk_bytes += rec_len;
+        st.pending_bytes += rec_len;
+        let Some(seg) = st.segments.back_mut() else {
+            unreachable!("segments is never empty: a segment was pushed above if it was");
+        };
+        let (segment, offset) = (seg.first, seg.bytes);
+        seg.bytes += rec_len;
+        match st.pending.last_mut() {
+            Some(c) if c.segment == segment => {
+                record.encode_into(&mut c.buf, next_seq);
+                c.memos.attach(c.first_seq, next_seq, memos);
+                c.end_seq = end_seq;
+            }
+            _ => {
+                let mut buf = Vec::with_capacity((rec_len as usize).max(4096));
+                record.encode_into(&mut buf, next_seq);
+                let mut chunk_memos = Memos::new();
+                chunk_memos.attach(next_seq, next_seq, memos);
+                st.pending.push(Chunk {
+                    segment,
+                    offset,
+                    first_seq: next_seq,
+                    end_seq,
+                    buf,
+                    memos: chunk_memos,
+                });
+            }
+        }
+        sh.wake_writer(&mut st);
+        Ok(next_seq..end_seq)
+    }
+}
