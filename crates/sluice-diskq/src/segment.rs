@@ -371,20 +371,29 @@ mod tests {
         #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
 
         /// Whatever bytes are damaged, the scanner returns exactly the records whose own bytes
-        /// are intact, in order: resynchronisation neither skips an intact record nor invents one.
+        /// are intact, in order, with their entry counts: resynchronisation neither skips an
+        /// intact record nor invents one, whether records hold one entry or several.
         #[test]
         fn scanner_recovers_exactly_the_intact_records(
-            sizes in proptest::collection::vec(0usize..120, 1..40),
+            sizes in proptest::collection::vec((0usize..120, 1u64..6), 1..40),
             flips in proptest::collection::vec((0.0f64..1.0, 1u8..=255), 0..6),
             cut in proptest::option::of(0.0f64..1.0),
         ) {
             let mut buf = Vec::new();
             let mut ranges = Vec::new();
-            for (i, size) in sizes.iter().enumerate() {
+            let mut seq = 100;
+            for (i, (size, count)) in sizes.iter().enumerate() {
                 let start = buf.len();
-                let payload: Vec<u8> = (0..*size).map(|b| (b * 7 + i) as u8).collect();
-                encode_into(&mut buf, 100 + i as Seq, &payload);
-                ranges.push((start, buf.len()));
+                let mut batch = crate::RecordBatch::new();
+                for e in 0..*count {
+                    let bytes: Vec<u8> = (0..*size).map(|b| (b * 7 + i) as u8 ^ e as u8).collect();
+                    batch.push(&bytes);
+                }
+                if let Some(record) = batch.prepare() {
+                    record.encode_into(&mut buf, seq);
+                }
+                ranges.push((start, buf.len(), seq, *count));
+                seq += count;
             }
             let mut damaged = vec![false; buf.len()];
             for (at, xor) in &flips {
@@ -394,15 +403,34 @@ mod tests {
             }
             let end = cut.map_or(buf.len(), |c| (c * buf.len() as f64) as usize);
             buf.truncate(end);
-            let expected: Vec<Seq> = ranges
+            let expected: Vec<(Seq, u64)> = ranges
                 .iter()
-                .enumerate()
-                .filter(|(_, (s, e))| *e <= end && !damaged[*s..*e].iter().any(|d| *d))
-                .map(|(i, _)| 100 + i as Seq)
+                .filter(|(s, e, ..)| *e <= end && !damaged[*s..*e].iter().any(|d| *d))
+                .map(|(_, _, seq, count)| (*seq, *count))
                 .collect();
-            let items = scan_all(&buf, 100);
-            proptest::prop_assert_eq!(seqs(&items), expected);
+            let found: Vec<(Seq, u64)> = scan_all(&buf, 100)
+                .iter()
+                .filter_map(|i| match i {
+                    Item::Record { seq, entries, .. } => Some((*seq, u64::from(*entries))),
+                    _ => None,
+                })
+                .collect();
+            proptest::prop_assert_eq!(found, expected);
         }
+    }
+
+    #[test]
+    fn a_multi_entry_record_running_past_the_largest_seq_is_corrupt() {
+        let mut batch = crate::RecordBatch::new();
+        batch.push(b"a");
+        batch.push(b"b");
+        let mut buf = Vec::new();
+        encode_into(&mut buf, MAX_SEQ - 3, b"x");
+        batch.prepare().unwrap().encode_into(&mut buf, MAX_SEQ - 1);
+        batch.prepare().unwrap().encode_into(&mut buf, MAX_SEQ);
+        let items = scan_all(&buf, MAX_SEQ - 3);
+        assert_eq!(seqs(&items), vec![MAX_SEQ - 3, MAX_SEQ - 1]);
+        assert!(matches!(items.last(), Some(Item::Tail { .. })));
     }
 
     #[test]

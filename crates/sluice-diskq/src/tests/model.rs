@@ -1,11 +1,15 @@
-//! Model-based property test: random appends, reads, out-of-order acks, clean reopens and
-//! crashes (with the unsynced end of the active segment cut at a random byte), checked against
-//! a simple in-memory model after every step.
+//! Model-based property test: random appends (one by one, and in batches written as one
+//! multi-entry record, with or without memos), reads (small enough to stop inside a record),
+//! out-of-order acks (one by one and in bulk), clean reopens and crashes (with the unsynced end
+//! of the active segment cut at a random byte, often inside a batch record), checked against a
+//! simple in-memory model after every step.
 //!
 //! Promises checked:
 //! - nothing reported durable is lost across a crash;
 //! - nothing acknowledged and checkpointed by a clean close comes back;
-//! - records come out in order, with their payloads, and seqs are contiguous;
+//! - entries come out in order, with their payloads, and seqs are contiguous;
+//! - a memo, when one comes back, is the one attached to that entry in this process lifetime;
+//! - a batch is all or nothing: `TooLarge` exactly when its payload passes the limit;
 //! - after a clean close, the low-water mark and next seq survive exactly.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,11 +19,12 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::sample::Index;
 
-use crate::{AppendError, DiskQueue, Options, Seq, SyncPolicy};
+use crate::{AppendError, DiskQueue, Options, RecordBatch, Seq, SyncPolicy};
 
 #[derive(Debug, Clone)]
 enum Op {
     Append { n: u8, size: u16 },
+    AppendBatch { n: u8, size: u16, memos: bool },
     WaitDurable,
     Read { max: u8 },
     Ack { pick: Index, count: u8 },
@@ -29,7 +34,9 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (1u8..12, 0u16..400).prop_map(|(n, size)| Op::Append { n, size }),
+        4 => (1u8..12, 0u16..400).prop_map(|(n, size)| Op::Append { n, size }),
+        4 => (1u8..20, 0u16..400, any::<bool>())
+            .prop_map(|(n, size, memos)| Op::AppendBatch { n, size, memos }),
         3 => Just(Op::WaitDurable),
         4 => (1u8..20).prop_map(|max| Op::Read { max }),
         4 => (any::<Index>(), 1u8..10).prop_map(|(pick, count)| Op::Ack { pick, count }),
@@ -48,8 +55,10 @@ fn policy() -> impl Strategy<Value = SyncPolicy> {
 
 #[derive(Debug, Default)]
 struct Model {
-    /// Every record that may still be in the queue, by seq.
+    /// Every entry that may still be in the queue, by seq.
     records: BTreeMap<Seq, Vec<u8>>,
+    /// Memos attached in this process lifetime, by seq.
+    memos: BTreeMap<Seq, u64>,
     next_seq: Seq,
     /// Every seq below is durable (wait_durable said so, or a clean close synced it).
     durable_upto: Seq,
@@ -75,6 +84,7 @@ impl Model {
     /// After any reopen, the queue starts reading at its low-water mark and forgets acks above.
     fn reopened(&mut self, low: Seq, next: Seq) {
         self.records.retain(|&s, _| s < next);
+        self.memos.clear();
         self.next_seq = next;
         self.low = low;
         self.persisted_low = low;
@@ -106,9 +116,8 @@ fn open(
     sync: SyncPolicy,
     small: bool,
     early: bool,
-) -> (DiskQueue, crate::RecoveryReport) {
-    DiskQueue::<()>::open(dir, opts(sync, small, early))
-        .expect("reopen must never fail on crash damage")
+) -> (DiskQueue<u64>, crate::RecoveryReport) {
+    DiskQueue::open(dir, opts(sync, small, early)).expect("reopen must never fail on crash damage")
 }
 
 async fn run(
@@ -120,6 +129,7 @@ async fn run(
     let dir = tempfile::tempdir().unwrap();
     let (mut q, _) = open(dir.path(), sync, small, early);
     let mut m = Model::default();
+    let mut batch = RecordBatch::new();
     for op in ops {
         match op {
             Op::Append { n, size } => {
@@ -136,6 +146,40 @@ async fn run(
                     m.next_seq += 1;
                 }
             }
+            Op::AppendBatch { n, size, memos } => {
+                batch.clear();
+                let mut payloads = Vec::new();
+                for i in 0..u64::from(n) {
+                    let mut payload = format!("{}:{}:b", m.epoch, m.next_seq + i).into_bytes();
+                    payload.resize(payload.len().max(size as usize), b'~');
+                    batch.push_with(|buf| buf.extend_from_slice(&payload));
+                    payloads.push(payload);
+                }
+                let memo = |seq: Seq| u64::from(m.epoch) << 40 | seq;
+                let memo_list: Vec<u64> = if memos {
+                    (m.next_seq..m.next_seq + u64::from(n)).map(memo).collect()
+                } else {
+                    Vec::new()
+                };
+                let too_large = batch.payload_bytes() > 4096;
+                match q.append_batch(&batch, memo_list) {
+                    Ok(seqs) => {
+                        prop_assert!(!too_large);
+                        prop_assert_eq!(seqs.clone(), m.next_seq..m.next_seq + u64::from(n));
+                        for (seq, payload) in seqs.zip(payloads) {
+                            m.records.insert(seq, payload);
+                            if memos {
+                                m.memos.insert(seq, memo(seq));
+                            }
+                        }
+                        m.next_seq += u64::from(n);
+                    }
+                    Err(AppendError::TooLarge { .. }) if too_large => {}
+                    Err(AppendError::Full { .. }) if small => {}
+                    Err(e) => return Err(TestCaseError::fail(format!("append_batch: {e}"))),
+                }
+                prop_assert_eq!(q.stats().next_seq, m.next_seq, "all or nothing");
+            }
             Op::WaitDurable => {
                 if m.next_seq > 0 {
                     let waited = tokio::time::timeout(
@@ -148,10 +192,13 @@ async fn run(
                 }
             }
             Op::Read { max } => {
-                if let Some(batch) = q.try_read_batch(max as usize, 1 << 20).unwrap() {
-                    prop_assert!(!batch.is_empty() && batch.len() <= max as usize);
+                if let Some(entries) = q.try_read_entries(max as usize, 1 << 20).unwrap() {
+                    prop_assert!(!entries.is_empty() && entries.len() <= max as usize);
                     let durable = q.stats().durable_seq;
-                    for (seq, bytes) in batch {
+                    for crate::Entry { seq, bytes, memo } in entries {
+                        if let Some(memo) = memo {
+                            prop_assert_eq!(Some(&memo), m.memos.get(&seq), "memo of {}", seq);
+                        }
                         prop_assert!(
                             early || seq < durable,
                             "seq {} handed out before durable",
@@ -170,13 +217,19 @@ async fn run(
                 }
             }
             Op::Ack { pick, count } => {
+                // Several acks go in one `ack_many`, in the (random) order picked.
+                let mut seqs = Vec::new();
                 for _ in 0..count {
                     if m.handed.is_empty() {
                         break;
                     }
                     let seq = m.handed.swap_remove(pick.index(m.handed.len()));
-                    q.ack(seq);
                     m.ack(seq);
+                    seqs.push(seq);
+                }
+                match seqs[..] {
+                    [seq] => q.ack(seq),
+                    _ => q.ack_many(&seqs),
                 }
                 prop_assert_eq!(q.stats().acked_low_water, m.low);
             }
