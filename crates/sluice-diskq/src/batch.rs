@@ -80,7 +80,8 @@ impl RecordBatch {
     }
 
     /// The record this batch is written as, with its payload checksummed; `None` when empty.
-    pub(crate) fn prepare(&self) -> Option<Prepared<'_>> {
+    /// (`append_batch` uses it; public for encoding records outside a queue, e.g. in tests.)
+    pub fn prepare(&self) -> Option<Prepared<'_>> {
         match self.count {
             0 => None,
             1 => Some(Prepared::single(
