@@ -5,17 +5,25 @@
 //! cargo run --release -p sluice-diskq --example diskq_bench -- fill DIR 2   # write a 2 GiB backlog
 //! cargo run --release -p sluice-diskq --example diskq_bench -- recover DIR  # reopen and drain it
 //! cargo run --release -p sluice-diskq --example diskq_bench -- inspect DIR  # print `inspect`
+//! cargo run --release -p sluice-diskq --example diskq_bench -- batch        # one by one vs batched
 //! ```
 //!
 //! The throughput table runs N concurrent writers, each looping `append` (256-byte records) +
 //! `wait_durable`, under `SyncPolicy::Always` and `SyncPolicy::Never`, with one reader task
 //! draining and acknowledging so the queue stays small (as in the relay). It prints records/s,
 //! fsyncs/s, records per fsync and the p50/p99 latency from `append` to `wait_durable`.
+//!
+//! `batch` compares the two ways of putting a socket read's worth of events (256 entries of
+//! 256 bytes) on disk with `SyncPolicy::Always`, from 4 writer threads, as the relay's durable
+//! path does: `append` per entry then `wait_durable` on the last, with a reader using
+//! `read_batch` and `ack` per entry; versus one `append_batch` (one lock, one record, one
+//! checksum), with a reader using `read_entries` and `ack_many`. It prints entries/s and the
+//! process CPU time per entry (user + system, from `/proc/self/stat`).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sluice_diskq::{DiskQueue, Options, SyncPolicy};
+use sluice_diskq::{DiskQueue, Options, RecordBatch, SyncPolicy};
 
 const RECORD: usize = 256;
 
@@ -27,6 +35,7 @@ fn main() {
             fill(Path::new(&args[1]), gib);
         }
         Some("recover") => recover(Path::new(&args[1])),
+        Some("batch") => batch_compare(),
         Some("inspect") => match sluice_diskq::inspect(&args[1]) {
             Ok(report) => println!("{report}"),
             Err(e) => eprintln!("{e}"),
@@ -43,18 +52,24 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-fn throughput() {
-    let secs: f64 = std::env::var("BENCH_SECS")
+/// How long each run lasts: `BENCH_SECS`, or `default` seconds.
+fn bench_secs(default: f64) -> Duration {
+    let secs = std::env::var("BENCH_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(2.0);
+        .unwrap_or(default);
+    Duration::from_secs_f64(secs)
+}
+
+fn throughput() {
+    let dur = bench_secs(2.0);
     println!(
         "{:<7} {:>7} {:>12} {:>9} {:>11} {:>10} {:>10}",
         "sync", "writers", "records/s", "fsyncs/s", "rec/fsync", "p50 µs", "p99 µs"
     );
     for (name, sync) in [("always", SyncPolicy::Always), ("never", SyncPolicy::Never)] {
         for writers in [1usize, 4, 16, 64, 256] {
-            run_one(name, sync, writers, Duration::from_secs_f64(secs));
+            run_one(name, sync, writers, dur);
         }
     }
 }
@@ -223,5 +238,126 @@ fn recover(dir: &Path) {
         bytes as f64 / (1 << 20) as f64,
         records as f64 / secs,
         rss_kib("VmHWM:") / 1024
+    );
+}
+
+/// Process CPU time (user, system; all threads) in seconds; Linux only, 100 ticks per second.
+fn cpu_secs() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at field 3 (state).
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15, i.e. 11 and 12 after the state field.
+    (ticks(11) / 100.0, ticks(12) / 100.0)
+}
+
+const ENTRIES_PER_READ: usize = 256;
+const WRITER_THREADS: usize = 4;
+
+fn batch_compare() {
+    let dur = bench_secs(3.0);
+    println!(
+        "{:<12} {:>12} {:>14} {:>13} {:>9} {:>13}",
+        "mode", "entries/s", "CPU µs/entry", "of it system", "fsyncs/s", "entries/fsync"
+    );
+    for batched in [false, true] {
+        batch_run(batched, dur);
+    }
+}
+
+fn batch_run(batched: bool, dur: Duration) {
+    let dir = tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| ".".into()))
+        .expect("temp dir");
+    let opts = Options {
+        sync: SyncPolicy::Always,
+        ..Options::default()
+    };
+    let (q, _) = DiskQueue::<()>::open(dir.path(), opts).expect("open");
+    let reader = {
+        let q = q.clone();
+        std::thread::spawn(move || {
+            runtime().block_on(async {
+                let mut acks = Vec::new();
+                loop {
+                    if batched {
+                        let entries = q.read_entries(4096, 4 << 20).await.expect("read");
+                        if entries.is_empty() {
+                            break;
+                        }
+                        acks.clear();
+                        acks.extend(entries.iter().map(|e| e.seq));
+                        q.ack_many(&acks);
+                    } else {
+                        let records = q.read_batch(4096, 4 << 20).await.expect("read");
+                        if records.is_empty() {
+                            break;
+                        }
+                        for (seq, _) in records {
+                            q.ack(seq);
+                        }
+                    }
+                }
+            })
+        })
+    };
+    let cpu_before = cpu_secs();
+    let start = Instant::now();
+    let deadline = start + dur;
+    let writers: Vec<_> = (0..WRITER_THREADS)
+        .map(|w| {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .expect("runtime");
+                let payload = vec![b'a' + w as u8; RECORD];
+                let mut batch = RecordBatch::new();
+                let mut appended = 0u64;
+                while Instant::now() < deadline {
+                    let last = if batched {
+                        batch.clear();
+                        for _ in 0..ENTRIES_PER_READ {
+                            batch.push_with(|buf| buf.extend_from_slice(&payload));
+                        }
+                        let seqs = q.append_batch(&batch, Vec::new()).expect("append_batch");
+                        seqs.end - 1
+                    } else {
+                        let mut last = 0;
+                        for _ in 0..ENTRIES_PER_READ {
+                            last = q.append(&payload).expect("append");
+                        }
+                        last
+                    };
+                    rt.block_on(q.wait_durable(last)).expect("durable");
+                    appended += ENTRIES_PER_READ as u64;
+                }
+                appended
+            })
+        })
+        .collect();
+    let entries: u64 = writers.into_iter().map(|w| w.join().expect("writer")).sum();
+    let elapsed = start.elapsed().as_secs_f64();
+    runtime().block_on(q.close()).expect("close");
+    reader.join().expect("reader");
+    let cpu_after = cpu_secs();
+    let (user, sys) = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
+    let stats = q.stats();
+    println!(
+        "{:<12} {:>12.0} {:>14.3} {:>13.3} {:>9.0} {:>13.0}",
+        if batched { "append_batch" } else { "append" },
+        entries as f64 / elapsed,
+        (user + sys) * 1e6 / entries as f64,
+        sys * 1e6 / entries as f64,
+        stats.fsyncs as f64 / elapsed,
+        entries as f64 / stats.fsyncs.max(1) as f64,
     );
 }

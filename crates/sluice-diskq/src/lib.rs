@@ -167,6 +167,7 @@ mod acks;
 mod append;
 mod batch;
 mod checkpoint;
+mod crc;
 mod error;
 mod inspect;
 mod queue;

@@ -162,7 +162,7 @@ fn take_from_chunk<M: Clone>(
             return;
         }
         let payload = chunk.bytes.slice(pos + HEADER_LEN..end);
-        let count = Entries::new(&payload, h.multi).count() as u64;
+        let count = u64::from(Entries::new(&payload, h.multi).remaining());
         // The record must hold the cursor's seq.
         if h.seq > cur.seq || h.seq + count <= cur.seq {
             return;

@@ -30,7 +30,7 @@
 
 use std::ops::Range;
 
-use crate::Seq;
+use crate::{Seq, crc};
 
 /// Size of the fixed record header: length, checksum and sequence number.
 pub const HEADER_LEN: usize = 16;
@@ -127,7 +127,7 @@ pub fn encoded_len(payload_len: usize) -> usize {
 
 /// A record's payload and the checksum of it, prepared before its sequence number is known, so
 /// that the queue computes the checksum outside its lock and only combines it with the seq
-/// inside (`crc32c_combine` costs a few dozen operations, whatever the payload size).
+/// inside (a few dozen operations, whatever the payload size: see `crc.rs`).
 #[derive(Debug, Clone)]
 pub struct Prepared<'a> {
     /// The entry count, in front of `body`, for a flagged record.
@@ -135,6 +135,8 @@ pub struct Prepared<'a> {
     body: &'a [u8],
     entries: u32,
     payload_crc: u32,
+    /// Moves the seq's checksum past the payload.
+    shift: u32,
 }
 
 impl<'a> Prepared<'a> {
@@ -145,6 +147,7 @@ impl<'a> Prepared<'a> {
             body: entry,
             entries: 1,
             payload_crc: crc32c::crc32c(entry),
+            shift: crc::shift_op(entry.len()),
         }
     }
 
@@ -157,6 +160,7 @@ impl<'a> Prepared<'a> {
             body,
             entries,
             payload_crc: crc32c::crc32c_append(crc32c::crc32c(&count), body),
+            shift: crc::shift_op(count.len() + body.len()),
         }
     }
 
@@ -183,8 +187,7 @@ impl<'a> Prepared<'a> {
             field |= ENTRIES_FLAG;
         }
         let seq_bytes = seq.to_le_bytes();
-        let mut crc =
-            crc32c::crc32c_combine(crc32c::crc32c(&seq_bytes), self.payload_crc, payload_len);
+        let mut crc = crc::combine(crc32c::crc32c(&seq_bytes), self.payload_crc, self.shift);
         if self.count.is_some() {
             crc = crc32c::crc32c_append(crc, &field.to_le_bytes());
         }
@@ -277,6 +280,13 @@ impl<'a> Entries<'a> {
             pos,
             left,
         }
+    }
+}
+
+impl Entries<'_> {
+    /// How many entries are left, as the payload claims (not checked against its length).
+    pub fn remaining(&self) -> u32 {
+        self.left
     }
 }
 
