@@ -6,6 +6,7 @@
 //! cargo run --release -p sluice-diskq --example diskq_bench -- recover DIR  # reopen and drain it
 //! cargo run --release -p sluice-diskq --example diskq_bench -- inspect DIR  # print `inspect`
 //! cargo run --release -p sluice-diskq --example diskq_bench -- batch        # one by one vs batched
+//! cargo run --release -p sluice-diskq --example diskq_bench -- batch append # only one mode
 //! ```
 //!
 //! The throughput table runs N concurrent writers, each looping `append` (256-byte records) +
@@ -17,10 +18,13 @@
 //! 256 bytes) on disk with `SyncPolicy::Always`, from 4 writer threads, as the relay's durable
 //! path does: `append` per entry then `wait_durable` on the last, with a reader using
 //! `read_batch` and `ack` per entry; versus one `append_batch` (one lock, one record, one
-//! checksum), with a reader using `read_entries` and `ack_many`. It prints entries/s and the
-//! process CPU time per entry (user + system, from `/proc/self/stat`).
+//! checksum), with a reader using `read_entries` and `ack_many`; and the same with a memo (an
+//! `Arc`, as the relay attaches its events) per entry. It prints entries/s and the process CPU
+//! time per entry (user + system, from `/proc/self/stat`). `BENCH_SYNC=never` runs it without
+//! syncs, to see the queue's own CPU cost without the disk's.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_diskq::{DiskQueue, Options, RecordBatch, SyncPolicy};
@@ -35,7 +39,7 @@ fn main() {
             fill(Path::new(&args[1]), gib);
         }
         Some("recover") => recover(Path::new(&args[1])),
-        Some("batch") => batch_compare(),
+        Some("batch") => batch_compare(args.get(1).map(String::as_str)),
         Some("inspect") => match sluice_diskq::inspect(&args[1]) {
             Ok(report) => println!("{report}"),
             Err(e) => eprintln!("{e}"),
@@ -81,7 +85,7 @@ fn run_one(name: &str, sync: SyncPolicy, writers: usize, dur: Duration) {
         sync,
         ..Options::default()
     };
-    let (q, _) = DiskQueue::<()>::open(dir.path(), opts).expect("open");
+    let (q, _) = DiskQueue::<Arc<Vec<u8>>>::open(dir.path(), opts).expect("open");
     let rt = runtime();
     let payload = vec![b'x'; RECORD];
     let (lat, elapsed) = rt.block_on(async {
@@ -263,25 +267,46 @@ fn cpu_secs() -> (f64, f64) {
 const ENTRIES_PER_READ: usize = 256;
 const WRITER_THREADS: usize = 4;
 
-fn batch_compare() {
+/// Runs every mode, or only the one named (`append`, `append_batch`, `memos`).
+fn batch_compare(only: Option<&str>) {
     let dur = bench_secs(3.0);
     println!(
         "{:<12} {:>12} {:>14} {:>13} {:>9} {:>13}",
         "mode", "entries/s", "CPU µs/entry", "of it system", "fsyncs/s", "entries/fsync"
     );
-    for batched in [false, true] {
-        batch_run(batched, dur);
+    for (name, mode) in [
+        ("append", Mode::Append),
+        ("append_batch", Mode::Batch),
+        ("memos", Mode::BatchMemos),
+    ] {
+        if only.is_none_or(|o| o == name) {
+            batch_run(mode, dur);
+        }
     }
 }
 
-fn batch_run(batched: bool, dur: Duration) {
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Append,
+    Batch,
+    BatchMemos,
+}
+
+fn batch_run(mode: Mode, dur: Duration) {
+    let batched = mode != Mode::Append;
     let dir = tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| ".".into()))
         .expect("temp dir");
+    // `BENCH_SYNC=never` takes the disk out of the figures, leaving the queue's own CPU.
+    let never = std::env::var("BENCH_SYNC").is_ok_and(|s| s == "never");
     let opts = Options {
-        sync: SyncPolicy::Always,
+        sync: if never {
+            SyncPolicy::Never
+        } else {
+            SyncPolicy::Always
+        },
         ..Options::default()
     };
-    let (q, _) = DiskQueue::<()>::open(dir.path(), opts).expect("open");
+    let (q, _) = DiskQueue::<Arc<Vec<u8>>>::open(dir.path(), opts).expect("open");
     let reader = {
         let q = q.clone();
         std::thread::spawn(move || {
@@ -294,6 +319,9 @@ fn batch_run(batched: bool, dur: Duration) {
                             break;
                         }
                         acks.clear();
+                        // What the relay does: use the memo when there is one.
+                        let memos = entries.iter().filter(|e| e.memo.is_some()).count();
+                        std::hint::black_box(memos);
                         acks.extend(entries.iter().map(|e| e.seq));
                         q.ack_many(&acks);
                     } else {
@@ -320,6 +348,10 @@ fn batch_run(batched: bool, dur: Duration) {
                     .build()
                     .expect("runtime");
                 let payload = vec![b'a' + w as u8; RECORD];
+                // Stand-ins for the relay's events: one distinct `Arc` per entry of a batch.
+                let events: Vec<Arc<Vec<u8>>> = (0..ENTRIES_PER_READ)
+                    .map(|_| Arc::new(payload.clone()))
+                    .collect();
                 let mut batch = RecordBatch::new();
                 let mut appended = 0u64;
                 while Instant::now() < deadline {
@@ -328,7 +360,12 @@ fn batch_run(batched: bool, dur: Duration) {
                         for _ in 0..ENTRIES_PER_READ {
                             batch.push_with(|buf| buf.extend_from_slice(&payload));
                         }
-                        let seqs = q.append_batch(&batch, Vec::new()).expect("append_batch");
+                        let memos = if mode == Mode::BatchMemos {
+                            events.clone()
+                        } else {
+                            Vec::new()
+                        };
+                        let seqs = q.append_batch(&batch, memos).expect("append_batch");
                         seqs.end - 1
                     } else {
                         let mut last = 0;
@@ -353,7 +390,11 @@ fn batch_run(batched: bool, dur: Duration) {
     let stats = q.stats();
     println!(
         "{:<12} {:>12.0} {:>14.3} {:>13.3} {:>9.0} {:>13.0}",
-        if batched { "append_batch" } else { "append" },
+        match mode {
+            Mode::Append => "append",
+            Mode::Batch => "append_batch",
+            Mode::BatchMemos => "+ memos",
+        },
         entries as f64 / elapsed,
         (user + sys) * 1e6 / entries as f64,
         sys * 1e6 / entries as f64,

@@ -153,6 +153,25 @@ mod tests {
     }
 
     #[test]
+    fn large_records_checksummed_before_their_seq_is_known_decode() {
+        // Above 2 KiB the payload's checksum is computed first and shifted past by the seq's.
+        for (n, size) in [(1, 5000), (2, 1500), (300, 20), (3, 2040)] {
+            let mut batch = RecordBatch::new();
+            for i in 0..n {
+                batch.push(&vec![i as u8; size]);
+            }
+            let (seq, entries) = decode_entries(&encode(&batch, 77 + n as u64));
+            assert_eq!((seq, entries.len()), (77 + n as u64, n));
+            assert!(
+                entries
+                    .iter()
+                    .enumerate()
+                    .all(|(i, e)| e == &vec![i as u8; size])
+            );
+        }
+    }
+
+    #[test]
     fn clear_empties_the_batch_for_reuse() {
         let mut batch = RecordBatch::new();
         batch.push(b"one");

@@ -20,6 +20,7 @@
 //! enough not to stall an async runtime thread noticeably.
 
 use std::fs::File;
+use std::ops::Range;
 
 use bytes::Bytes;
 
@@ -106,21 +107,30 @@ pub(crate) fn try_read<M: Clone>(
     }
 }
 
-/// Hands out the entries of one record (the payload of a record whose first entry is `first`)
-/// from `next` (the cursor's seq, advanced past each entry taken) on, while the batch has room
-/// and they are visible. Returns whether it got past the record's last entry; the caller moves
-/// the cursor's position accordingly.
+/// A record's payload within a buffer, and what its header says.
+struct RecordView<'a> {
+    bytes: &'a Bytes,
+    payload: Range<usize>,
+    /// Whether it is flagged (a count and length-prefixed entries).
+    multi: bool,
+    /// The seq of its first entry.
+    first: Seq,
+}
+
+/// Hands out the entries of one record from `next` (the cursor's seq, advanced past each entry
+/// taken) on, while the batch has room and they are visible. Returns whether it got past the
+/// record's last entry; the caller moves the cursor's position accordingly.
 fn take_entries<M>(
     next: &mut Seq,
-    payload: &Bytes,
-    multi: bool,
-    first: Seq,
+    rec: RecordView<'_>,
     batch: &mut Batch<M>,
     visible: Seq,
     memo: impl Fn(Seq) -> Option<M>,
 ) -> bool {
-    for (i, range) in Entries::new(payload, multi).enumerate() {
-        let seq = first + i as u64;
+    let base = rec.payload.start;
+    let payload = rec.bytes.get(rec.payload).unwrap_or_default();
+    for (i, range) in Entries::new(payload, rec.multi).enumerate() {
+        let seq = rec.first + i as u64;
         if seq < *next {
             continue;
         }
@@ -129,7 +139,7 @@ fn take_entries<M>(
         }
         batch.push(Entry {
             seq,
-            bytes: payload.slice(range),
+            bytes: rec.bytes.slice(base + range.start..base + range.end),
             memo: memo(seq),
         });
         *next = seq + 1;
@@ -161,8 +171,9 @@ fn take_from_chunk<M: Clone>(
         if end > chunk.bytes.len() {
             return;
         }
-        let payload = chunk.bytes.slice(pos + HEADER_LEN..end);
-        let count = u64::from(Entries::new(&payload, h.multi).remaining());
+        let payload = pos + HEADER_LEN..end;
+        let body = chunk.bytes.get(payload.clone()).unwrap_or_default();
+        let count = u64::from(Entries::new(body, h.multi).remaining());
         // The record must hold the cursor's seq.
         if h.seq > cur.seq || h.seq + count <= cur.seq {
             return;
@@ -170,8 +181,14 @@ fn take_from_chunk<M: Clone>(
         cur.segment = chunk.segment;
         cur.offset = chunk.offset + pos as u64;
         cur.record_seq = h.seq;
+        let rec = RecordView {
+            bytes: &chunk.bytes,
+            payload,
+            multi: h.multi,
+            first: h.seq,
+        };
         let memo = |seq| chunk.memos.get(chunk.first_seq, seq);
-        if !take_entries(&mut cur.seq, &payload, h.multi, h.seq, batch, visible, memo) {
+        if !take_entries(&mut cur.seq, rec, batch, visible, memo) {
             return;
         }
         cur.offset = chunk.offset + end as u64;
@@ -278,16 +295,13 @@ fn read_from_file<M>(
                     let end_seq = seq + u64::from(entries);
                     if end_seq > cur.seq {
                         let payload = Bytes::copy_from_slice(sc.payload());
-                        let (multi, no_memo) = (entries > 1, |_| None);
-                        if !take_entries(
-                            &mut cur.seq,
-                            &payload,
-                            multi,
-                            seq,
-                            batch,
-                            written,
-                            no_memo,
-                        ) {
+                        let rec = RecordView {
+                            bytes: &payload,
+                            payload: 0..payload.len(),
+                            multi: entries > 1,
+                            first: seq,
+                        };
+                        if !take_entries(&mut cur.seq, rec, batch, written, |_| None) {
                             return Ok(());
                         }
                     }
