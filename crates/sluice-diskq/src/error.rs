@@ -91,7 +91,8 @@ impl Error {
     }
 }
 
-/// Why [`crate::DiskQueue::append`] refused a record. Nothing is written in any of these cases.
+/// Why [`crate::DiskQueue::append`] (or `append_batch`, for the whole batch) refused a record.
+/// Nothing is written in any of these cases.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AppendError {
     /// Appending would take the queue past `max_bytes` on disk (or the writer is so far behind
@@ -108,10 +109,10 @@ pub enum AppendError {
         /// The configured limit.
         max_bytes: u64,
     },
-    /// The record is larger than `max_record_bytes`.
+    /// The record (one entry, or a whole batch's payload) is larger than `max_record_bytes`.
     #[error("record of {len} bytes exceeds max_record_bytes {max}")]
     TooLarge {
-        /// The record's length.
+        /// The record's payload length.
         len: usize,
         /// The configured limit.
         max: u32,

@@ -1,5 +1,8 @@
 //! `inspect`: a read-only look at a queue directory, for `sluice queue inspect <dir>`.
 //!
+//! It counts both records (the units on disk) and the entries they hold (what was appended,
+//! one sequence number each); the two differ once batches were appended as multi-entry records.
+//!
 //! It takes no lock and writes nothing, so it works while another process has the queue open.
 //! On a live queue the last segment may end in a record being written; that shows up as a torn
 //! tail, which the owning process will not truncate (it is still writing it).

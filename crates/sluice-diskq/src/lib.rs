@@ -82,7 +82,8 @@
 //! - [`DiskQueue::append`] assigns the next seq and buffers the record; it fails fast with
 //!   [`AppendError::Full`] at `max_bytes` (nothing is ever dropped by this crate).
 //!   [`DiskQueue::append_batch`] does the same for every entry of a [`RecordBatch`] at once:
-//!   one lock, one record, one checksum (computed before the lock is taken).
+//!   one lock, one record, one checksum (for a large batch, computed before the lock is
+//!   taken, so that only a combination with the seq's checksum happens under it).
 //! - An appender may attach a *memo* (any `M: Clone + Send + Sync`) to each entry: it stays in
 //!   memory beside the written data and comes back with the entry when the reader is served
 //!   from the in-memory tail, so the reader need not decode the bytes. Memos are never
@@ -96,9 +97,10 @@
 //! - [`DiskQueue::read_entries`] (and [`DiskQueue::read_batch`], without memos) hands each
 //!   entry out once per process lifetime, in order; a read may stop inside a multi-entry
 //!   record, and the next one continues there.
-//! - [`DiskQueue::ack`] and [`DiskQueue::ack_many`] may arrive out of order; the contiguous low-water mark is written to the
-//!   checkpoint at most every [`Options::checkpoint_interval`] (sooner when it frees a segment),
-//!   and a segment is deleted once the checkpoint covers all its entries.
+//! - [`DiskQueue::ack`] and [`DiskQueue::ack_many`] may arrive out of order; the contiguous
+//!   low-water mark is written to the checkpoint at most every [`Options::checkpoint_interval`]
+//!   (sooner when it frees a segment), and a segment is deleted once the checkpoint covers all its
+//!   entries.
 //!
 //! # Checkpoint layout (little-endian)
 //!

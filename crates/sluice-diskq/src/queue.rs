@@ -2,9 +2,10 @@
 //! (Appending lives in `append.rs`.)
 //!
 //! The handle is a cheap clone of an `Arc`, generic over the memo type `M` that appenders may
-//! attach to entries (see [`DiskQueue::append_batch`]); `M = ()` when memos are not used. When the last clone is dropped without `close()`,
-//! the writer thread is asked to flush, sync and checkpoint, and is joined, so an orderly drop
-//! loses nothing; only a real crash (or the test-only `crash`) skips that.
+//! attach to entries (see [`DiskQueue::append_batch`]); `M = ()` when memos are not used. When
+//! the last clone is dropped without `close()`, the writer thread is asked to flush, sync and
+//! checkpoint, and is joined, so an orderly drop loses nothing; only a real crash (or the
+//! test-only `crash`) skips that.
 
 use std::collections::VecDeque;
 use std::fs::OpenOptions;
