@@ -242,8 +242,8 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
     }
 
     /// Resolves when space may have been freed (segments deleted after acks, or the writer
-    /// caught up) since `append` last reported [`AppendError::Full`], so a writer blocked on
-    /// `Full` can retry. Resolves at once if space was freed in between (no lost wake-up), if
+    /// caught up) since `append` last reported [`crate::AppendError::Full`], so a writer
+    /// blocked on `Full` can retry. Resolves at once if space was freed in between (no lost wake-up), if
     /// `append` never reported `Full`, or if the queue is closed or failed.
     pub async fn wait_space(&self) {
         let sh = self.shared();
