@@ -17,7 +17,7 @@ use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::{oneshot, watch};
 
-use crate::reader::Entry;
+use crate::reader::{Entry, Handout};
 use crate::state::{Counters, Progress, ReadCursor, Shared, State};
 use crate::writer::{self, ExitInfo};
 use crate::{Error, Options, RecoveryReport, Seq, Stats, recovery};
@@ -275,16 +275,7 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
         max_entries: usize,
         max_bytes: usize,
     ) -> Result<Vec<Entry<M>>, Error> {
-        let mut rx = self.shared().readable.subscribe();
-        loop {
-            rx.borrow_and_update();
-            if let Some(batch) = self.try_read_entries(max_entries, max_bytes)? {
-                return Ok(batch);
-            }
-            if rx.changed().await.is_err() {
-                return Ok(Vec::new());
-            }
-        }
+        self.read_waiting(max_entries, max_bytes).await
     }
 
     /// Like [`DiskQueue::read_entries`] but never waits: `Ok(None)` when nothing is available
@@ -303,8 +294,7 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<(Seq, Bytes)>, Error> {
-        let entries = self.read_entries(max_records, max_bytes).await?;
-        Ok(entries.into_iter().map(|e| (e.seq, e.bytes)).collect())
+        self.read_waiting(max_records, max_bytes).await
     }
 
     /// [`DiskQueue::try_read_entries`] without the memos: `(seq, bytes)` pairs.
@@ -313,8 +303,26 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Option<Vec<(Seq, Bytes)>>, Error> {
-        let entries = self.try_read_entries(max_records, max_bytes)?;
-        Ok(entries.map(|v| v.into_iter().map(|e| (e.seq, e.bytes)).collect()))
+        crate::reader::try_read(self.shared(), max_records.max(1), max_bytes)
+    }
+
+    /// Reads, waiting until something is available (or the queue is closed and drained).
+    async fn read_waiting<T: Handout<M>>(
+        &self,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<T>, Error> {
+        let mut rx = self.shared().readable.subscribe();
+        loop {
+            rx.borrow_and_update();
+            let read = crate::reader::try_read(self.shared(), max_entries.max(1), max_bytes)?;
+            if let Some(batch) = read {
+                return Ok(batch);
+            }
+            if rx.changed().await.is_err() {
+                return Ok(Vec::new());
+            }
+        }
     }
 
     /// Acknowledges one entry; acks may arrive out of order and repeat. The contiguous

@@ -41,32 +41,57 @@ pub struct Entry<M> {
     pub memo: Option<M>,
 }
 
+/// What a read hands out per entry: an [`Entry`] with its memo, or a bare `(seq, bytes)` pair
+/// (for `read_batch`, which so never looks a memo up).
+pub(crate) trait Handout<M> {
+    fn make(seq: Seq, bytes: Bytes, memo: impl FnOnce() -> Option<M>) -> Self;
+}
+
+impl<M> Handout<M> for Entry<M> {
+    fn make(seq: Seq, bytes: Bytes, memo: impl FnOnce() -> Option<M>) -> Self {
+        Entry {
+            seq,
+            bytes,
+            memo: memo(),
+        }
+    }
+}
+
+impl<M> Handout<M> for (Seq, Bytes) {
+    fn make(seq: Seq, bytes: Bytes, _memo: impl FnOnce() -> Option<M>) -> Self {
+        (seq, bytes)
+    }
+}
+
 /// The entries gathered by one read, and its limits.
-struct Batch<M> {
-    out: Vec<Entry<M>>,
+struct Batch<T> {
+    out: Vec<T>,
     bytes: usize,
     max_entries: usize,
     max_bytes: usize,
 }
 
-impl<M> Batch<M> {
+impl<T> Batch<T> {
     fn full(&self) -> bool {
         self.out.len() >= self.max_entries || (self.bytes >= self.max_bytes && !self.out.is_empty())
     }
 
-    fn push(&mut self, entry: Entry<M>) {
-        self.bytes += entry.bytes.len();
-        self.out.push(entry);
+    fn push<M>(&mut self, seq: Seq, bytes: Bytes, memo: impl FnOnce() -> Option<M>)
+    where
+        T: Handout<M>,
+    {
+        self.bytes += bytes.len();
+        self.out.push(T::make(seq, bytes, memo));
     }
 }
 
 /// Returns `Some(entries)` (empty only when closed and drained) or `None` if nothing is
 /// available yet.
-pub(crate) fn try_read<M: Clone>(
+pub(crate) fn try_read<M: Clone, T: Handout<M>>(
     sh: &Shared<M>,
     max_entries: usize,
     max_bytes: usize,
-) -> Result<Option<Vec<Entry<M>>>, Error> {
+) -> Result<Option<Vec<T>>, Error> {
     let mut cur = sh.reader.lock();
     let mut batch = Batch {
         out: Vec::new(),
@@ -120,10 +145,10 @@ struct RecordView<'a> {
 /// Hands out the entries of one record from `next` (the cursor's seq, advanced past each entry
 /// taken) on, while the batch has room and they are visible. Returns whether it got past the
 /// record's last entry; the caller moves the cursor's position accordingly.
-fn take_entries<M>(
+fn take_entries<M, T: Handout<M>>(
     next: &mut Seq,
     rec: RecordView<'_>,
-    batch: &mut Batch<M>,
+    batch: &mut Batch<T>,
     visible: Seq,
     memo: impl Fn(Seq) -> Option<M>,
 ) -> bool {
@@ -137,11 +162,8 @@ fn take_entries<M>(
         if batch.full() || seq >= visible {
             return false;
         }
-        batch.push(Entry {
-            seq,
-            bytes: rec.bytes.slice(base + range.start..base + range.end),
-            memo: memo(seq),
-        });
+        let bytes = rec.bytes.slice(base + range.start..base + range.end);
+        batch.push(seq, bytes, || memo(seq));
         *next = seq + 1;
     }
     true
@@ -149,10 +171,10 @@ fn take_entries<M>(
 
 /// Hands out entries from a written batch kept in memory. Makes no progress if the cursor's
 /// position does not line up with the chunk (the file path then takes over).
-fn take_from_chunk<M: Clone>(
+fn take_from_chunk<M: Clone, T: Handout<M>>(
     cur: &mut ReadCursor,
     chunk: &TailChunk<M>,
-    batch: &mut Batch<M>,
+    batch: &mut Batch<T>,
     visible: Seq,
 ) {
     let rel = if chunk.segment == cur.segment && cur.offset >= chunk.offset {
@@ -231,10 +253,10 @@ fn enter_segment(cur: &mut ReadCursor, first: Seq) {
 
 /// Reads entries at the cursor from its segment file, moving on to later segments as needed.
 /// Returns after making progress (or determining that the rest of the data is lost).
-fn read_from_file<M>(
+fn read_from_file<M, T: Handout<M>>(
     sh: &Shared<M>,
     cur: &mut ReadCursor,
-    batch: &mut Batch<M>,
+    batch: &mut Batch<T>,
     written: Seq,
 ) -> Result<(), Error> {
     // The cursor's segment may have been deleted (everything in it acknowledged).
