@@ -19,8 +19,9 @@
 //! path does: `append` per entry then `wait_durable` on the last, with a reader using
 //! `read_batch` and `ack` per entry; versus one `append_batch` (one lock, one record, one
 //! checksum), with a reader using `read_entries` and `ack_many`; and the same with a memo (an
-//! `Arc`, as the relay attaches its events) per entry. It prints entries/s and the process CPU
-//! time per entry (user + system, from `/proc/self/stat`). `BENCH_SYNC=never` runs it without
+//! `Arc`, freshly allocated, as the relay attaches its events) per entry. It prints entries/s, the process CPU
+//! time per entry (user + system, from `/proc/self/stat`) and the p50/p99 latency from the
+//! first append of a batch to `wait_durable` of its last entry. `BENCH_SYNC=never` runs it without
 //! syncs, to see the queue's own CPU cost without the disk's.
 
 use std::path::Path;
@@ -132,11 +133,7 @@ fn run_one(name: &str, sync: SyncPolicy, writers: usize, dur: Duration) {
     let stats = q.stats();
     let mut lat = lat;
     lat.sort_unstable();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
+    let pct = |p: f64| percentile(&lat, p);
     let secs = elapsed.as_secs_f64();
     let n = lat.len() as f64;
     println!(
@@ -271,8 +268,15 @@ const WRITER_THREADS: usize = 4;
 fn batch_compare(only: Option<&str>) {
     let dur = bench_secs(3.0);
     println!(
-        "{:<12} {:>12} {:>14} {:>13} {:>9} {:>13}",
-        "mode", "entries/s", "CPU µs/entry", "of it system", "fsyncs/s", "entries/fsync"
+        "{:<12} {:>12} {:>14} {:>13} {:>9} {:>13} {:>8} {:>8}",
+        "mode",
+        "entries/s",
+        "CPU µs/entry",
+        "of it system",
+        "fsyncs/s",
+        "entries/fsync",
+        "p50 µs",
+        "p99 µs"
     );
     for (name, mode) in [
         ("append", Mode::Append),
@@ -348,20 +352,22 @@ fn batch_run(mode: Mode, dur: Duration) {
                     .build()
                     .expect("runtime");
                 let payload = vec![b'a' + w as u8; RECORD];
-                // Stand-ins for the relay's events: one distinct `Arc` per entry of a batch.
-                let events: Vec<Arc<Vec<u8>>> = (0..ENTRIES_PER_READ)
-                    .map(|_| Arc::new(payload.clone()))
-                    .collect();
                 let mut batch = RecordBatch::new();
                 let mut appended = 0u64;
+                let mut lat = Vec::new();
                 while Instant::now() < deadline {
+                    let t = Instant::now();
                     let last = if batched {
                         batch.clear();
                         for _ in 0..ENTRIES_PER_READ {
                             batch.push_with(|buf| buf.extend_from_slice(&payload));
                         }
                         let memos = if mode == Mode::BatchMemos {
-                            events.clone()
+                            // Stand-ins for the relay's events: a fresh `Arc` per entry,
+                            // allocated here and freed wherever the queue lets go of it.
+                            (0..ENTRIES_PER_READ)
+                                .map(|_| Arc::new(payload.clone()))
+                                .collect()
                         } else {
                             Vec::new()
                         };
@@ -375,13 +381,21 @@ fn batch_run(mode: Mode, dur: Duration) {
                         last
                     };
                     rt.block_on(q.wait_durable(last)).expect("durable");
+                    lat.push(t.elapsed().as_micros() as u32);
                     appended += ENTRIES_PER_READ as u64;
                 }
-                appended
+                (appended, lat)
             })
         })
         .collect();
-    let entries: u64 = writers.into_iter().map(|w| w.join().expect("writer")).sum();
+    let mut entries = 0u64;
+    let mut lat = Vec::new();
+    for w in writers {
+        let (n, l) = w.join().expect("writer");
+        entries += n;
+        lat.extend(l);
+    }
+    lat.sort_unstable();
     let elapsed = start.elapsed().as_secs_f64();
     runtime().block_on(q.close()).expect("close");
     reader.join().expect("reader");
@@ -389,7 +403,7 @@ fn batch_run(mode: Mode, dur: Duration) {
     let (user, sys) = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
     let stats = q.stats();
     println!(
-        "{:<12} {:>12.0} {:>14.3} {:>13.3} {:>9.0} {:>13.0}",
+        "{:<12} {:>12.0} {:>14.3} {:>13.3} {:>9.0} {:>13.0} {:>8} {:>8}",
         match mode {
             Mode::Append => "append",
             Mode::Batch => "append_batch",
@@ -400,5 +414,13 @@ fn batch_run(mode: Mode, dur: Duration) {
         sys * 1e6 / entries as f64,
         stats.fsyncs as f64 / elapsed,
         entries as f64 / stats.fsyncs.max(1) as f64,
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99),
     );
+}
+
+/// The `p` quantile of sorted latencies (0 if there are none).
+fn percentile(sorted: &[u32], p: f64) -> u32 {
+    let i = ((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1));
+    sorted.get(i).copied().unwrap_or(0)
 }
