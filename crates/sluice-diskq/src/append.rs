@@ -41,9 +41,9 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
     ///
     /// `memos` is empty (no memos) or holds one memo per entry, in order (any other length is
     /// a bug in the caller and is treated as empty). A memo is kept in memory with its entry
-    /// and handed back by [`DiskQueue::read_entries`] if the entry is read from the in-memory
-    /// tail; it is never written, and is dropped when its data leaves the tail
-    /// (`read_cache_bytes`) or the queue is reopened.
+    /// and handed back (moved, not cloned) by [`DiskQueue::read_entries`] if the entry is read
+    /// from the in-memory tail; it is never written, and if not read first it is dropped when
+    /// its data leaves the tail (`read_cache_bytes`) or the queue is reopened.
     ///
     /// Errors are those of [`DiskQueue::append`], for the batch as a whole: `TooLarge` compares
     /// [`RecordBatch::payload_bytes`] with `max_record_bytes`, and on `Full` nothing is

@@ -86,9 +86,10 @@
 //!   taken, so that only a combination with the seq's checksum happens under it).
 //! - An appender may attach a *memo* (any `M: Clone + Send + Sync`) to each entry: it stays in
 //!   memory beside the written data and comes back with the entry when the reader is served
-//!   from the in-memory tail, so the reader need not decode the bytes. Memos are never
-//!   written; they are dropped when their data leaves the tail or the queue is reopened, and
-//!   the entry then comes back without one.
+//!   from the in-memory tail, so the reader need not decode the bytes. The reader gets the
+//!   memo itself (moved out, not cloned): the queue keeps no reference to it afterwards.
+//!   Memos are never written; one not yet read is dropped when its data leaves the tail or
+//!   the queue is reopened, and the entry then comes back without one.
 //! - The writer thread publishes two watermarks: *written* (handed to the OS) and *durable*
 //!   (covered by the sync policy). Readers see a record once it is durable, so nothing is ever
 //!   delivered that could still vanish or whose producer could still be told it failed (with

@@ -10,7 +10,7 @@
 //!   (`offset`, `record_seq`) with `seq` on the next entry, and the next read skips the entries
 //!   before it.
 //! - The tail path is zero-copy (entries are slices of the written batch) and hands back the
-//!   memos attached at append; the file path reads through the scanner's 64 KiB window and
+//!   memos attached at append, moving them out of the chunk; the file path reads through the scanner's 64 KiB window and
 //!   copies each record's payload once, slicing its entries from the copy (no memos), so
 //!   memory is bounded by the batch asked for (plus one record).
 //! - Entries lost to corruption found while reading are skipped, treated as acknowledged, and
@@ -87,7 +87,7 @@ impl<T> Batch<T> {
 
 /// Returns `Some(entries)` (empty only when closed and drained) or `None` if nothing is
 /// available yet.
-pub(crate) fn try_read<M: Clone, T: Handout<M>>(
+pub(crate) fn try_read<M, T: Handout<M>>(
     sh: &Shared<M>,
     max_entries: usize,
     max_bytes: usize,
@@ -150,7 +150,7 @@ fn take_entries<M, T: Handout<M>>(
     rec: RecordView<'_>,
     batch: &mut Batch<T>,
     visible: Seq,
-    memo: impl Fn(Seq) -> Option<M>,
+    mut memo: impl FnMut(Seq) -> Option<M>,
 ) -> bool {
     let base = rec.payload.start;
     let payload = rec.bytes.get(rec.payload).unwrap_or_default();
@@ -171,7 +171,7 @@ fn take_entries<M, T: Handout<M>>(
 
 /// Hands out entries from a written batch kept in memory. Makes no progress if the cursor's
 /// position does not line up with the chunk (the file path then takes over).
-fn take_from_chunk<M: Clone, T: Handout<M>>(
+fn take_from_chunk<M, T: Handout<M>>(
     cur: &mut ReadCursor,
     chunk: &TailChunk<M>,
     batch: &mut Batch<T>,
@@ -185,6 +185,8 @@ fn take_from_chunk<M: Clone, T: Handout<M>>(
         return;
     };
     let mut pos = rel as usize;
+    // Entries are handed out once: their memos are moved out, not cloned.
+    let mut memos = chunk.memos.lock();
     while !batch.full() && cur.seq < visible {
         let Some(h) = chunk.bytes.get(pos..).and_then(read_header) else {
             return;
@@ -209,7 +211,7 @@ fn take_from_chunk<M: Clone, T: Handout<M>>(
             multi: h.multi,
             first: h.seq,
         };
-        let memo = |seq| chunk.memos.get(chunk.first_seq, seq);
+        let memo = |seq| memos.take(chunk.first_seq, seq);
         if !take_entries(&mut cur.seq, rec, batch, visible, memo) {
             return;
         }

@@ -11,9 +11,12 @@
 //! - `pending` chunks are contiguous in seq and in file offset, in order; `written` is the
 //!   first seq not yet handed to the OS, so `pending` starts at `written`.
 //! - `tail` holds written chunks in seq order, ending at `written`. Readers clone the `Arc` of a
-//!   chunk under the lock and read it after releasing it.
+//!   chunk under the lock and read it after releasing it. Chunks leaving the tail are dropped
+//!   after the lock is released.
 //! - Memos (in-memory values appenders attach to entries) live only in `pending` and `tail`
-//!   chunks, indexed by seq: they are dropped with their chunk and never written.
+//!   chunks, indexed by seq, and are never written. A reader *takes* a memo when it hands its
+//!   entry out (each entry is handed out once), so the tail never keeps a value alive after
+//!   the reader got it; memos never read are dropped with their chunk.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
@@ -48,7 +51,7 @@ pub(crate) struct Memos<M> {
     slots: Vec<Option<M>>,
 }
 
-impl<M: Clone> Memos<M> {
+impl<M> Memos<M> {
     pub fn new() -> Self {
         Memos { slots: Vec::new() }
     }
@@ -64,10 +67,10 @@ impl<M: Clone> Memos<M> {
         self.slots.extend(memos.map(Some));
     }
 
-    /// The memo of entry `seq` in a chunk starting at `base`.
-    pub fn get(&self, base: Seq, seq: Seq) -> Option<M> {
+    /// Moves the memo of entry `seq` (in a chunk starting at `base`) out, leaving none.
+    pub fn take(&mut self, base: Seq, seq: Seq) -> Option<M> {
         let i = usize::try_from(seq.checked_sub(base)?).ok()?;
-        self.slots.get(i).cloned().flatten()
+        self.slots.get_mut(i)?.take()
     }
 }
 
@@ -90,7 +93,9 @@ pub(crate) struct TailChunk<M> {
     pub first_seq: Seq,
     pub end_seq: Seq,
     pub bytes: Bytes,
-    pub memos: Memos<M>,
+    /// Taken by the reader (under the read cursor's lock, so uncontended) as it hands entries
+    /// out.
+    pub memos: Mutex<Memos<M>>,
 }
 
 /// What async waiters watch.

@@ -278,7 +278,7 @@ impl<M> Writer<M> {
                 first_seq: chunk.first_seq,
                 end_seq: chunk.end_seq,
                 bytes: Bytes::from(chunk.buf),
-                memos: chunk.memos,
+                memos: parking_lot::Mutex::new(chunk.memos),
             }));
         }
         Counters::add(&self.shared.counters.bytes_written, bytes_total);

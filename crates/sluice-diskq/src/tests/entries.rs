@@ -147,6 +147,39 @@ async fn memos_come_back_from_the_tail_and_are_none_after_reopen() {
 }
 
 #[tokio::test]
+async fn memos_are_moved_out_when_read_so_the_tail_keeps_nothing_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let (q, _) = DiskQueue::<Arc<str>>::open(dir.path(), small_opts()).unwrap();
+    let events: Vec<Arc<str>> = (0..3).map(|i| Arc::from(format!("event {i}"))).collect();
+    let batch = batch_of(&[b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+    let seqs = q.append_batch(&batch, events.clone()).unwrap();
+    q.wait_durable(seqs.end - 1).await.unwrap();
+    // Still in the tail, unread: the queue holds one reference to each.
+    assert!(events.iter().all(|e| Arc::strong_count(e) == 2));
+    // A read that stops inside the record takes only the memos it hands out.
+    let first = q.read_entries(2, 1 << 20).await.unwrap();
+    assert_eq!(first.len(), 2);
+    assert_eq!(
+        Arc::strong_count(&events[0]),
+        2,
+        "ours and the entry's, none in the tail"
+    );
+    assert_eq!(
+        Arc::strong_count(&events[2]),
+        2,
+        "unread: still in the tail"
+    );
+    drop(first);
+    assert_eq!(Arc::strong_count(&events[0]), 1);
+    assert_eq!(Arc::strong_count(&events[1]), 1);
+    let rest = q.read_entries(10, 1 << 20).await.unwrap();
+    assert!(Arc::ptr_eq(rest[0].memo.as_ref().unwrap(), &events[2]));
+    drop(rest);
+    assert_eq!(Arc::strong_count(&events[2]), 1);
+    q.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn append_batch_limits_apply_to_the_whole_record() {
     let dir = tempfile::tempdir().unwrap();
     let opts = Options {
