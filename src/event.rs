@@ -121,6 +121,9 @@ pub struct Event {
     reply: Mutex<Option<oneshot::Sender<Reply>>>,
     /// Set when the producer waits until every sink delivered it (`ack = "delivered"`).
     delivery: Mutex<Option<Arc<DeliveryTracker>>>,
+    /// Set (before the event is shared) when `reply` or `delivery` is: the hot path of an event
+    /// nobody waits on reads this flag instead of taking two locks.
+    waited_on: AtomicBool,
 }
 
 /// One event's progress through the sinks that took it, for a producer that waits until all of
@@ -195,16 +198,21 @@ impl Event {
             attributes,
             reply: Mutex::new(None),
             delivery: Mutex::new(None),
+            waited_on: AtomicBool::new(false),
         }
     }
 
     /// Asks to be told when every sink that takes this event has finished with it.
     pub fn track_delivery(&self, tracker: Arc<DeliveryTracker>) {
         *self.delivery.lock() = Some(tracker);
+        self.waited_on.store(true, Ordering::Release);
     }
 
     /// A sink has finished with this event: delivered, or given up on (dropped).
     pub fn finished(&self, delivered: bool) {
+        if !self.waited_on.load(Ordering::Acquire) {
+            return;
+        }
         if let Some(tracker) = self.delivery.lock().as_ref() {
             tracker.report(delivered);
         }
@@ -212,7 +220,8 @@ impl Event {
 
     /// Whether a producer waits on this event (a passthrough answer or its delivery).
     pub fn has_waiters(&self) -> bool {
-        self.reply.lock().is_some() || self.delivery.lock().is_some()
+        self.waited_on.load(Ordering::Acquire)
+            && (self.reply.lock().is_some() || self.delivery.lock().is_some())
     }
 
     /// Asks for the destination's answer; the returned receiver resolves when a sink replies
@@ -220,16 +229,20 @@ impl Event {
     pub fn want_reply(&self) -> oneshot::Receiver<Reply> {
         let (tx, rx) = oneshot::channel();
         *self.reply.lock() = Some(tx);
+        self.waited_on.store(true, Ordering::Release);
         rx
     }
 
     /// Whether a caller is waiting for the destination's answer.
     pub fn wants_reply(&self) -> bool {
-        self.reply.lock().is_some()
+        self.waited_on.load(Ordering::Acquire) && self.reply.lock().is_some()
     }
 
     /// Sends the destination's answer to a waiting caller, if any (the first answer wins).
     pub fn send_reply(&self, reply: Reply) {
+        if !self.waited_on.load(Ordering::Acquire) {
+            return;
+        }
         if let Some(tx) = self.reply.lock().take() {
             let _ = tx.send(reply);
         }

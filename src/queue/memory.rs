@@ -215,6 +215,32 @@ impl MemoryQueue {
         Ok(())
     }
 
+    /// Takes all of `events` if they all fit now, counting them received; takes none and counts
+    /// nothing otherwise (the caller then offers them one by one, where the policy applies).
+    /// A source hands over a whole read this way: one lock and one wake-up for the lot.
+    pub fn try_push_all(&self, events: &[Arc<Event>]) -> bool {
+        let size: usize = events.iter().map(|e| e.size()).sum();
+        let mut state = self.state.lock();
+        if state.closed
+            || state.events.len() + events.len() > self.max_events
+            || state.bytes + size > self.max_bytes
+        {
+            return false;
+        }
+        state.events.extend(events.iter().cloned());
+        state.bytes += size;
+        let count = events.len() as u64;
+        self.ledger.received.inc_by(count);
+        self.ledger.queued_events.inc_by(count as i64);
+        self.ledger.queued_bytes.inc_by(size as i64);
+        let wake = state.events.len() >= state.wake_at_events || state.bytes >= state.wake_at_bytes;
+        drop(state);
+        if wake {
+            self.readable.notify_one();
+        }
+        true
+    }
+
     /// Whatever is queued now, up to the limits, without waiting (possibly nothing).
     pub fn try_pop_batch(&self, limits: BatchLimits) -> Vec<Arc<Event>> {
         let mut state = self.state.lock();
@@ -280,6 +306,33 @@ mod tests {
         max_bytes: usize::MAX,
         timeout: Duration::ZERO,
     };
+
+    #[tokio::test]
+    async fn a_read_is_taken_whole_or_not_at_all() {
+        let ledger = Ledger::new();
+        let q = queue(&ledger, 4, WhenFull::DropNewest);
+        let read: Vec<_> = (0..3).map(|seq| event(seq, 10)).collect();
+        assert!(q.try_push_all(&read), "three fit in four");
+        assert!(
+            !q.try_push_all(&read),
+            "three more do not fit in the one left"
+        );
+        let stats = ledger.stats().components.remove(0);
+        assert_eq!(
+            (
+                stats.received,
+                stats.queued,
+                stats.dropped.values().sum::<u64>()
+            ),
+            (3, 3, 0),
+            "the refused read is not counted: its events are offered again one by one"
+        );
+        let batch = q.pop_batch(ALL).await;
+        assert_eq!(
+            batch.iter().map(|e| e.id.seq).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
+    }
 
     #[tokio::test]
     async fn full_queue_drops_oldest_and_counts_it() {

@@ -434,6 +434,20 @@ impl SinkQueue {
         }
     }
 
+    /// Takes all of `events` at once if they fit now without waiting, counting them received
+    /// (and appending them to a disk queue as one record); takes none and counts nothing
+    /// otherwise: the caller then pushes them one by one, so the `when_full` policy and every
+    /// drop reason apply as usual. Events nobody waits on only (sources with per-event answers
+    /// push one by one).
+    pub fn try_push_all(&self, events: &[Arc<Event>]) -> bool {
+        match self {
+            SinkQueue::Memory(q) => q.try_push_all(events),
+            SinkQueue::Disk(q) => q.try_push_all(events),
+            // Its tiers keep their order by pushing one at a time.
+            SinkQueue::Spill(_) => false,
+        }
+    }
+
     /// Resolves once what `accepted` promised survives a crash (per the disk queue's sync
     /// policy); at once for memory, which promises nothing of the kind.
     pub async fn wait_durable(&self, accepted: Accepted) -> Result<(), PushError> {

@@ -102,9 +102,43 @@ impl Fanout {
     /// refused it; queues that took it keep it (delivery is at-least-once: a producer that sends
     /// again after a refusal may duplicate it there).
     pub async fn push(&self, event: Arc<Event>, deadline: Instant) -> Result<(), DropReason> {
-        self.push_acked(event, deadline, AckPoint::Received, Duration::ZERO)
-            .await
-            .map(|_| ())
+        self.push_except(event, deadline, Took::NONE).await
+    }
+
+    /// Hands all of `events` (one read's worth, nobody waiting on them) to every queue at once
+    /// where they fit now without waiting. `Err` names the queues that did take them; the caller
+    /// then pushes each event to the others with [`Fanout::push_except`].
+    pub fn try_push_all(&self, events: &[Arc<Event>]) -> Result<(), Took> {
+        let mut took = Took::NONE;
+        for (i, queue) in self.queues.iter().enumerate().take(Took::MAX_QUEUES) {
+            if queue.try_push_all(events) {
+                took.0 |= 1 << i;
+            }
+        }
+        if took.0.count_ones() as usize == self.queues.len() {
+            Ok(())
+        } else {
+            Err(took)
+        }
+    }
+
+    /// [`Fanout::push`] to the queues that are not in `took`.
+    pub async fn push_except(
+        &self,
+        event: Arc<Event>,
+        deadline: Instant,
+        took: Took,
+    ) -> Result<(), DropReason> {
+        let mut result = Ok(());
+        for (i, queue) in self.queues.iter().enumerate() {
+            if took.contains(i) {
+                continue;
+            }
+            if let Err(error) = queue.push(event.clone(), deadline).await {
+                result = Err(drop_reason(error));
+            }
+        }
+        result
     }
 
     /// Like [`Fanout::push`], returning only at the ack point: `received` once every queue took
@@ -165,6 +199,20 @@ impl Fanout {
     /// Whether any queue this source feeds is durable (so `durable` acks mean something).
     pub fn any_durable(&self) -> bool {
         self.queues.iter().any(|q| q.is_durable())
+    }
+}
+
+/// The queues of a [`Fanout`] that took a batch, by position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Took(u64);
+
+impl Took {
+    pub const NONE: Took = Took(0);
+    /// Queues past this position never take a batch; they are pushed one event at a time.
+    const MAX_QUEUES: usize = 64;
+
+    fn contains(self, i: usize) -> bool {
+        i < Self::MAX_QUEUES && self.0 & (1 << i) != 0
     }
 }
 

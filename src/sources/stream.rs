@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::framing::{Decoder, Frame, Framing, strip_prefix};
-use super::{AckPoint, Fanout, SourceContext};
+use super::{AckPoint, Fanout, SourceContext, Took};
 use crate::config::error::{ConfigError, Locator};
 use crate::config::{ByteSize, HumanDuration};
 use crate::event::{Attributes, Event, IdGenerator};
@@ -233,6 +233,8 @@ impl StreamSource {
         let mut decoder = Decoder::new(self.framing, self.max_frame_bytes);
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut unsynced = None;
+        // The events of one read, handed to the queues together.
+        let mut of_read = Vec::new();
         let end = loop {
             if buf.capacity() - buf.len() < MIN_READ {
                 buf.reserve(READ_CHUNK);
@@ -255,22 +257,15 @@ impl StreamSource {
                 Some(Ok(n)) => n,
                 Some(Err(error)) => break End::Error(error),
             };
-            let mut events = 0;
             let mut tally = Tally::now();
-            let mut abandoned = false;
             while let Some(frame) = decoder.decode(&mut buf) {
                 match frame {
-                    // Frames already read are still pushed during shutdown, until one push is
-                    // abandoned; the rest are then counted, not silently lost.
-                    Frame::Event(_) if abandoned => self.drop_frame(DropReason::ShuttingDown),
-                    Frame::Event(payload) => {
-                        events += 1;
-                        abandoned = !self.emit(payload, peer.addr, &mut tally).await;
-                    }
+                    Frame::Event(payload) => of_read.push(self.event(payload, peer.addr, &tally)),
                     Frame::Dropped(reason) => self.drop_frame(reason),
                 }
             }
-            self.flush(&mut tally);
+            let events = of_read.len() as u64;
+            let abandoned = self.push_read(&mut of_read, &mut tally).await;
             connection.record(n as u64, events);
             if abandoned {
                 break End::Shutdown;
@@ -296,7 +291,8 @@ impl StreamSource {
             End::Eof => match decoder.finish(&mut buf) {
                 Some(Frame::Event(payload)) => {
                     let mut tally = Tally::now();
-                    self.emit(payload, peer.addr, &mut tally).await;
+                    let event = self.event(payload, peer.addr, &tally);
+                    self.emit(event, Took::NONE, &mut tally).await;
                     self.flush(&mut tally);
                     connection.record(0, 1);
                 }
@@ -348,19 +344,47 @@ impl StreamSource {
         }
     }
 
-    /// Pushes one event; `false` when the push had to be abandoned because the relay is shutting
-    /// down and the queue made no room within the grace period.
-    async fn emit(&self, payload: Bytes, peer: Option<SocketAddr>, tally: &mut Tally) -> bool {
+    fn event(&self, payload: Bytes, peer: Option<SocketAddr>, tally: &Tally) -> Arc<Event> {
         let payload = strip_prefix(payload, &self.prefix);
         let attributes = peer.map_or(Attributes::None, Attributes::Peer);
-        let event = Event::new_at(
+        Arc::new(Event::new_at(
             self.ids.next(),
             self.name.clone(),
             payload,
             attributes,
             tally.received_at,
-        );
-        let mut push = pin!(self.fanout.push(Arc::new(event), tally.deadline));
+        ))
+    }
+
+    /// Hands the events of one read to the queues, emptying `read`: all at once where they fit
+    /// now, otherwise one by one. Returns whether a push had to be abandoned for shutdown (the
+    /// events after it are then counted `shutting_down`, not silently lost).
+    async fn push_read(&self, read: &mut Vec<Arc<Event>>, tally: &mut Tally) -> bool {
+        let took = match self.fanout.try_push_all(read) {
+            Ok(()) => {
+                tally.delivered += read.len() as u64;
+                read.clear();
+                self.flush(tally);
+                return false;
+            }
+            Err(took) => took,
+        };
+        let mut abandoned = false;
+        for event in read.drain(..) {
+            if abandoned {
+                self.drop_frame(DropReason::ShuttingDown);
+            } else {
+                abandoned = !self.emit(event, took, tally).await;
+            }
+        }
+        self.flush(tally);
+        abandoned
+    }
+
+    /// Pushes one event to the queues not in `took`; `false` when the push had to be abandoned
+    /// because the relay is shutting down and the queue made no room within the grace period.
+    async fn emit(&self, event: Arc<Event>, took: Took, tally: &mut Tally) -> bool {
+        let mut push = pin!(self.fanout.push_except(event, tally.deadline, took));
         // Most pushes finish at once; only one that waits is counted as in flight.
         let first = poll_fn(|cx| Poll::Ready(push.as_mut().poll(cx))).await;
         if let Poll::Ready(result) = first {
