@@ -377,6 +377,79 @@ async fn peer_away_and_back(queue: &str) {
     back.stop();
 }
 
+/// A TCP source hands each read to the disk queue as one multi-event record. Lines kept on disk
+/// over a restart are decoded from those records and arrive once, in order per connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_a_disk_queue_keeps_over_a_restart_arrive_once_and_in_order() {
+    const CONNECTIONS: usize = 2;
+    const PER_CONNECTION: usize = 10_000;
+    const TOTAL: usize = CONNECTIONS * PER_CONNECTION;
+    let (away, _) = LineReceiver::collecting().await;
+    let addr = away.stop();
+    let config = relay_config(
+        &tcp_source(""),
+        &tcp_sink(addr, "queue = { type = \"disk\", sync = \"always\" }"),
+    );
+    let relay = TestRelay::start(&config).await;
+    let source = relay.addr("in");
+    let senders: Vec<_> = (0..CONNECTIONS)
+        .map(|conn| {
+            tokio::spawn(async move {
+                let mut bytes = Vec::new();
+                for seq in 0..PER_CONNECTION {
+                    writeln!(bytes, "c{conn} {seq}").expect("format");
+                }
+                send_tcp(source, &bytes).await;
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.await.expect("sender");
+    }
+    relay
+        .wait_for("every line queued while the peer is away", |s| {
+            let sink = component(s, "out");
+            sink["queued"].as_u64().unwrap_or(0) + sink["in_flight"].as_u64().unwrap_or(0)
+                == TOTAL as u64
+        })
+        .await;
+    let (report, dir) = relay.stop().await;
+    assert_eq!(
+        (report.undelivered, report.kept_on_disk),
+        (0, TOTAL as u64),
+        "a disk queue keeps its backlog"
+    );
+    let on_disk = sluice_diskq::inspect(dir.path().join("data/queues/out")).expect("inspect");
+    assert_eq!(on_disk.entries(), TOTAL as u64);
+    assert!(
+        on_disk.records() * 10 < on_disk.entries(),
+        "a read's lines share a record: {} records for {} lines",
+        on_disk.records(),
+        on_disk.entries()
+    );
+
+    let lines: Arc<Mutex<Vec<Bytes>>> = Arc::default();
+    let receiver = {
+        let lines = lines.clone();
+        LineReceiver::start_on(addr, Arc::new(move |_, line| lines.lock().push(line))).await
+    };
+    let relay = TestRelay::start_in(dir, &config).await;
+    receiver.wait_for(TOTAL as u64).await;
+    let stats = relay.assert_settled_and_balanced().await;
+    let mut next = [0usize; CONNECTIONS];
+    for line in lines.lock().iter() {
+        let text = std::str::from_utf8(line).expect("utf8");
+        let (conn, seq) = text[1..].split_once(' ').expect("c<conn> <seq>");
+        let (conn, seq): (usize, usize) = (conn.parse().expect("conn"), seq.parse().expect("seq"));
+        assert_eq!(seq, next[conn], "line {text:?} once and in order");
+        next[conn] += 1;
+    }
+    assert_eq!(next, [PER_CONNECTION; CONNECTIONS]);
+    assert_eq!(component(&stats, "out")["delivered"], TOTAL as u64);
+    relay.shutdown().await;
+    receiver.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unix_sink_writes_octet_counted_frames() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -50,9 +50,8 @@ pub fn encode(event: &Event) -> BytesMut {
     out
 }
 
-/// Appends the record of `event` to `out`.
-pub fn encode_into(event: &Event, out: &mut BytesMut) {
-    out.reserve(event.size() + 64);
+/// Appends the record of `event` to `out` (a `BytesMut`, or a disk-queue batch's `Vec`).
+pub fn encode_into(event: &Event, out: &mut impl BufMut) {
     let mut flags = 0;
     let peer = match &event.attributes {
         Attributes::Peer(peer) => Some(*peer),
@@ -103,13 +102,13 @@ pub fn encode_into(event: &Event, out: &mut BytesMut) {
     put_long(out, &event.payload);
 }
 
-fn put_short(out: &mut BytesMut, bytes: &[u8]) {
+fn put_short(out: &mut impl BufMut, bytes: &[u8]) {
     let len = bytes.len().min(u16::MAX as usize);
     out.put_u16_le(len as u16);
     out.put_slice(&bytes[..len]);
 }
 
-fn put_long(out: &mut BytesMut, bytes: &[u8]) {
+fn put_long(out: &mut impl BufMut, bytes: &[u8]) {
     out.put_u32_le(bytes.len() as u32);
     out.put_slice(bytes);
 }

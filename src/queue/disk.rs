@@ -2,15 +2,19 @@
 //! `data_dir/queues/<sink>/`. The embedded default, and what makes "nothing you were told was
 //! accepted is ever lost" true across crashes.
 //!
-//! - Each event is one record ([`super::codec`]); the log's own sequence numbers are how a
-//!   finished batch is acknowledged, in any order.
+//! - Each event is one entry ([`super::codec`]) with its own sequence number, which is how a
+//!   finished batch is acknowledged, in any order. A source's whole read goes in as one record
+//!   ([`DiskQueue::try_push_all`]): one lock and one checksum for the lot.
+//! - Every event is appended with itself as the entry's memo, so while its record is in the
+//!   log's in-memory tail the sink gets the same `Arc<Event>` back instead of decoding it.
 //! - `when_full`: `block` waits for acknowledgements to free space until the producer's
 //!   deadline; `drop_newest` refuses at once. (`drop_oldest` is refused at config load: an
 //!   acknowledged promise on disk is never thrown away to make room.)
 //! - Events whose producer is still waiting (for `durable`/`delivered` acks or a passthrough
 //!   answer) are kept in memory beside their record, keyed by sequence, and handed to the sink
-//!   as the same `Arc<Event>`, so the answer reaches the waiting caller. Everything else is
-//!   decoded from its record; memory does not grow with the backlog.
+//!   as the same `Arc<Event>`, so the answer reaches the waiting caller even after its memo
+//!   left the tail. Everything else past the tail is decoded from its record; memory does not
+//!   grow with the backlog.
 //! - Recovery (in `sluice-diskq`) replays every unacknowledged record on start. Those events
 //!   are counted `received` by the sink when the queue opens, and records lost to corruption
 //!   are counted `received` and `dropped{decode_error}`, so the ledger balances from the first
@@ -22,7 +26,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use sluice_diskq::{AppendError, Options, RecoveryReport, Seq, SyncPolicy};
+use sluice_diskq::{AppendError, Entry, Options, RecordBatch, RecoveryReport, Seq, SyncPolicy};
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -33,7 +37,7 @@ use crate::ledger::{ComponentLedger, DropReason};
 use crate::log_throttle::Throttle;
 
 pub struct DiskQueue {
-    log: sluice_diskq::DiskQueue,
+    log: sluice_diskq::DiskQueue<Arc<Event>>,
     when_full: WhenFull,
     ledger: Arc<ComponentLedger>,
     /// Events someone waits on, by record sequence (see the module doc).
@@ -76,7 +80,7 @@ impl DiskQueue {
             segment_bytes: (options.max_bytes / 8).clamp(1 << 20, 64 << 20),
             ..Options::default()
         };
-        let (log, report) = sluice_diskq::DiskQueue::open(dir, opts)?;
+        let (log, report) = sluice_diskq::DiskQueue::<Arc<Event>>::open(dir, opts)?;
         account_recovery(&report, &ledger, dir);
         let probe = log.clone();
         let recovered = serde_json::json!({
@@ -123,7 +127,7 @@ impl DiskQueue {
 
     async fn offer(&self, event: Arc<Event>, deadline: Instant) -> Result<Seq, PushError> {
         loop {
-            let (appended, record_len) = append_encoded(&self.log, &event);
+            let (appended, record_len) = append_encoded(&self.log, event.clone());
             match appended {
                 Ok(seq) => {
                     if event.has_waiters() {
@@ -161,8 +165,34 @@ impl DiskQueue {
     /// Appends all of `events` as one record if they fit now; takes none and counts nothing
     /// otherwise (see [`super::SinkQueue::try_push_all`]).
     pub fn try_push_all(&self, events: &[Arc<Event>]) -> bool {
-        let _ = events;
-        false
+        if events.iter().any(|e| e.has_waiters()) {
+            // They must be kept beside their records: the one-by-one path does that.
+            return false;
+        }
+        BATCH.with(|cell| {
+            let mut batch = cell.borrow_mut();
+            batch.clear();
+            let mut entry_bytes = 0;
+            for event in events {
+                batch.push_with(|buf| {
+                    let start = buf.len();
+                    codec::encode_into(event.as_ref(), buf);
+                    entry_bytes += buf.len() - start;
+                });
+            }
+            let appended = self.log.append_batch(&batch, events.to_vec());
+            if batch.payload_bytes() > 1 << 20 {
+                *batch = RecordBatch::new();
+            }
+            if appended.is_err() {
+                return false;
+            }
+            let count = events.len() as u64;
+            self.ledger.received.inc_by(count);
+            self.ledger.queued_events.inc_by(count as i64);
+            self.ledger.queued_bytes.inc_by(entry_bytes as i64);
+            true
+        })
     }
 
     fn refuse(&self, reason: DropReason, error: PushError) -> PushError {
@@ -205,7 +235,7 @@ impl DiskQueue {
         if self.stop.is_cancelled() {
             return (Vec::new(), Vec::new());
         }
-        let mut records = match self.log.read_batch(max_events, limits.max_bytes).await {
+        let mut records = match self.log.read_entries(max_events, limits.max_bytes).await {
             Ok(records) => records,
             Err(error) => {
                 warn!(sink = %self.ledger.name, %error, "Cannot read the disk queue.");
@@ -214,8 +244,8 @@ impl DiskQueue {
         };
         if !records.is_empty() && records.len() < max_events && !limits.timeout.is_zero() {
             tokio::time::sleep(limits.timeout).await;
-            let bytes: usize = records.iter().map(|(_, r)| r.len()).sum();
-            if let Ok(Some(more)) = self.log.try_read_batch(
+            let bytes: usize = records.iter().map(|e| e.bytes.len()).sum();
+            if let Ok(Some(more)) = self.log.try_read_entries(
                 max_events - records.len(),
                 limits.max_bytes.saturating_sub(bytes).max(1),
             ) {
@@ -226,7 +256,12 @@ impl DiskQueue {
         let mut seqs = Vec::with_capacity(records.len());
         let mut bytes = 0i64;
         let mut waiting = self.waiting.lock();
-        for (seq, record) in records {
+        for Entry {
+            seq,
+            bytes: record,
+            memo,
+        } in records
+        {
             bytes += record.len() as i64;
             if waiting
                 .lost
@@ -237,8 +272,12 @@ impl DiskQueue {
                 self.log.ack(seq);
                 continue;
             }
-            let waiting = waiting.events.remove(&seq);
-            let event = match waiting {
+            let waited = if waiting.events.is_empty() {
+                None
+            } else {
+                waiting.events.remove(&seq)
+            };
+            let event = match waited.or(memo) {
                 Some(event) => event,
                 None => match codec::decode(record, &|name| self.name(name)) {
                     Ok(event) => Arc::new(event),
@@ -276,9 +315,7 @@ impl DiskQueue {
 
     /// Acknowledges a finished batch: its records may be deleted.
     pub fn finish(&self, seqs: &[Seq]) {
-        for seq in seqs {
-            self.log.ack(*seq);
-        }
+        self.log.ack_many(seqs);
     }
 
     /// Stops appends, syncs what is buffered and writes the checkpoint.
@@ -311,18 +348,21 @@ thread_local! {
     /// Where events are encoded before `append` copies them into the log: one buffer per
     /// thread instead of an allocation per event.
     static RECORD: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
+    /// The same for a whole read's worth of events.
+    static BATCH: std::cell::RefCell<RecordBatch> = std::cell::RefCell::new(RecordBatch::new());
 }
 
-/// Encodes `event` and appends it; returns the outcome and the record's length.
+/// Encodes `event` and appends it, with itself as the memo; returns the outcome and the
+/// record's length.
 fn append_encoded(
-    log: &sluice_diskq::DiskQueue,
-    event: &Event,
+    log: &sluice_diskq::DiskQueue<Arc<Event>>,
+    event: Arc<Event>,
 ) -> (Result<Seq, AppendError>, usize) {
     RECORD.with(|cell| {
         let mut record = cell.borrow_mut();
         record.clear();
-        codec::encode_into(event, &mut record);
-        let outcome = (log.append(&record), record.len());
+        codec::encode_into(event.as_ref(), &mut *record);
+        let outcome = (log.append_with_memo(&record, event), record.len());
         if record.capacity() > 1 << 20 {
             // One large event must not keep a large buffer per thread alive.
             *record = bytes::BytesMut::new();

@@ -38,7 +38,12 @@ impl TestRelay {
     /// Starts a relay from `toml`; `{data_dir}` in the text is replaced by a fresh temp dir.
     /// Use `127.0.0.1:0` for listeners: the bound addresses are in [`TestRelay::addr`].
     pub async fn start(toml: &str) -> TestRelay {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(tempfile::tempdir().expect("temp dir"), toml).await
+    }
+
+    /// [`TestRelay::start`] in a directory a stopped relay left (see [`TestRelay::stop`]): a
+    /// restart.
+    pub async fn start_in(dir: TempDir, toml: &str) -> TestRelay {
         let text = toml.replace("{data_dir}", &dir.path().join("data").display().to_string());
         let path = dir.path().join("sluice.toml");
         std::fs::write(&path, &text).expect("write config");
@@ -111,6 +116,11 @@ impl TestRelay {
 
     pub async fn shutdown(self) -> ShutdownReport {
         self.relay.shutdown().await
+    }
+
+    /// Shuts the relay down, keeping its directory for [`TestRelay::start_in`].
+    pub async fn stop(self) -> (ShutdownReport, TempDir) {
+        (self.relay.shutdown().await, self.dir)
     }
 }
 
