@@ -232,6 +232,22 @@ impl Sluice {
             .collect()
     }
 
+    /// [`Sluice::log_fields`] once a line contains `text`: the log arrives through a pipe, a
+    /// moment after what it reports may already be visible to the test.
+    pub async fn wait_for_log(&self, text: &str) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + super::PATIENCE;
+        loop {
+            let fields = self.log_fields(text);
+            if !fields.is_empty() {
+                return fields;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("no log line with {text:?}:\n{}", self.log_text());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// The fields of the last log line.
     pub fn last_log_fields(&self) -> Value {
         self.log()
