@@ -11,6 +11,8 @@
 //! - Bytes on disk never pass `max_bytes`, and pending bytes never pass the pending limit
 //!   (beyond the first record), so a refused append costs no memory.
 //! - Memos are attached to their entries in the pending chunk and travel with it to the tail.
+//! - A new pending chunk starts from a recycled, generously sized buffer (see `bufpool.rs`), so
+//!   copying records in rarely allocates.
 
 use std::ops::Range;
 
@@ -143,7 +145,8 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
                 c.end_seq = end_seq;
             }
             _ => {
-                let mut buf = Vec::with_capacity((rec_len as usize).max(4096));
+                // Chunks are far smaller than the address space: the length fits.
+                let mut buf = sh.pool.take(rec_len as usize);
                 record.encode_into(&mut buf, next_seq);
                 let mut chunk_memos = Memos::new();
                 chunk_memos.attach(next_seq, next_seq, memos);

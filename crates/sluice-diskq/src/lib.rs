@@ -74,7 +74,8 @@
 //! | segment size                            | `segment_bytes` (default 64 MiB), ≥ 4 KiB      |
 //! | bytes on disk                           | `max_bytes`, counted in whole segments: a segment is deleted only once every record in it is acknowledged, so acknowledged records in the oldest segment still count. |
 //! | bytes waiting for the writer            | 64 MiB (beyond it `append` reports `Full`)     |
-//! | in-memory read tail                     | `read_cache_bytes` (default 8 MiB), plus the memos attached to its entries |
+//! | in-memory read tail                     | `read_cache_bytes` (default 8 MiB) of buffer memory, plus the memos of entries not yet read |
+//! | recycled chunk buffers                  | 4 MiB                                          |
 //! | sequence numbers                        | below 2^63 (a record claiming more is corrupt) |
 //!
 //! # Writing, reading, acknowledging
@@ -169,6 +170,7 @@
 mod acks;
 mod append;
 mod batch;
+mod bufpool;
 mod checkpoint;
 mod crc;
 mod error;
@@ -224,8 +226,9 @@ pub struct Options {
     pub sync: SyncPolicy,
     /// Longest time an advanced low-water mark waits before being checkpointed (default 1 s).
     pub checkpoint_interval: Duration,
-    /// Bytes of recently written batches kept in memory for readers (default 8 MiB). The memos
-    /// attached to their entries are kept as long, and are not counted.
+    /// Memory of recently written batches kept for readers (default 8 MiB, counted in buffer
+    /// capacity). The memos attached to their entries are kept until read (or until their
+    /// batch leaves), and are not counted.
     pub read_cache_bytes: usize,
     /// Hand records to readers as soon as they are written, before they are durable (default
     /// false). Lowers delivery latency under `SyncPolicy::Every`, at a price: if the sync then

@@ -186,6 +186,7 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
                 offset: rec.start.offset,
                 file: None,
             }),
+            pool: Default::default(),
             counters,
             _lock: lock,
         });

@@ -29,6 +29,7 @@ use parking_lot::{Condvar, Mutex};
 use tokio::sync::{oneshot, watch};
 
 use crate::acks::AckSet;
+use crate::bufpool::BufPool;
 use crate::{Options, Seq, WriteFailure};
 
 /// Bytes that may wait for the writer before `append` reports `Full`.
@@ -93,6 +94,8 @@ pub(crate) struct TailChunk<M> {
     pub first_seq: Seq,
     pub end_seq: Seq,
     pub bytes: Bytes,
+    /// Memory `bytes` hold (their buffer's capacity), counted against `read_cache_bytes`.
+    pub held: usize,
     /// Taken by the reader (under the read cursor's lock, so uncontended) as it hands entries
     /// out.
     pub memos: Mutex<Memos<M>>,
@@ -143,6 +146,7 @@ pub(crate) struct State<M> {
     pub crash: bool,
     pub failed: Option<Arc<WriteFailure>>,
     pub tail: VecDeque<Arc<TailChunk<M>>>,
+    /// Memory held by `tail` (the sum of its chunks' `held`).
     pub tail_bytes: usize,
     /// The writer thread is waiting on the condvar.
     pub writer_idle: bool,
@@ -212,6 +216,8 @@ pub(crate) struct Shared<M> {
     /// Epoch bumped whenever space may have been freed.
     pub space: watch::Sender<u64>,
     pub reader: Mutex<ReadCursor>,
+    /// Chunk buffers recycled from the tail to appenders.
+    pub pool: Arc<BufPool>,
     pub counters: Counters,
     /// Held for the queue's lifetime: dropping it releases the directory lock.
     pub _lock: File,

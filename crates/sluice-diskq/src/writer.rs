@@ -23,8 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
+use crate::bufpool::BufPool;
 use crate::state::{Counters, Shared, TailChunk};
 use crate::{SyncPolicy, WriteFailure, checkpoint, segment};
 
@@ -272,12 +271,14 @@ impl<M> Writer<M> {
             seg.written_len = seg.written_len.max(chunk.offset + len);
             bytes_total += len;
             self.written = chunk.end_seq;
+            let (bytes, held) = BufPool::freeze(&self.shared.pool, chunk.buf);
             tail.push(Arc::new(TailChunk {
                 segment: chunk.segment,
                 offset: chunk.offset,
                 first_seq: chunk.first_seq,
                 end_seq: chunk.end_seq,
-                bytes: Bytes::from(chunk.buf),
+                bytes,
+                held,
                 memos: parking_lot::Mutex::new(chunk.memos),
             }));
         }
@@ -287,15 +288,16 @@ impl<M> Writer<M> {
         st.written = self.written;
         st.pending_bytes = st.pending_bytes.saturating_sub(bytes_total);
         for t in tail {
-            st.tail_bytes += t.bytes.len();
+            st.tail_bytes += t.held;
             st.tail.push_back(t);
         }
-        // Evicted chunks (and the memos they hold) are freed after the lock is released.
+        // Evicted chunks (and the memos nobody read) are freed after the lock is released; their
+        // buffers go back to the pool if no reader still holds a slice of them.
         let mut evicted = Vec::new();
         while st.tail_bytes > limit {
             match st.tail.pop_front() {
                 Some(old) => {
-                    st.tail_bytes -= old.bytes.len();
+                    st.tail_bytes -= old.held;
                     evicted.push(old);
                 }
                 None => break,
