@@ -163,6 +163,7 @@ impl Relay {
             sources.push(running.task);
         }
 
+        ready.watch(probe_queues.clone());
         ready.set(true);
         info!(node = %format!("{node:08x}"), sources = sources.len(), sinks = sinks.len(), admin = %admin.local_addr, "Sluice is ready.");
         let probe_ledger = ledger.clone();

@@ -742,6 +742,18 @@ async fn a_disk_that_runs_out_of_space_refuses_with_503_and_never_acknowledges_w
     };
     let relay = &mut full.relay;
     relay.wait_for_log("Disk queue write failed").await;
+    let ready = client()
+        .get(format!("{}/ready", relay.admin))
+        .send()
+        .await
+        .expect("GET /ready");
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let ready: serde_json::Value = ready.json().await.expect("JSON");
+    assert_eq!(
+        ready["failing"],
+        serde_json::json!(["upstream"]),
+        "/ready names the sink whose disk failed: {ready}"
+    );
     let stats = relay
         .wait_for("a settled snapshot", |s| s["settled"] == true)
         .await;

@@ -3,12 +3,14 @@
 //! - `GET /metrics`: every counter in the Prometheus text format (`sluice_*`, labels
 //!   `component`, `reason`, `outcome`).
 //! - `GET /health`: 200 while the process runs.
-//! - `GET /ready`: 200 once every listener is bound, 503 before that and during shutdown.
+//! - `GET /ready`: 200 once every listener is bound; 503 before that, during shutdown, and
+//!   while a disk queue cannot write (it refuses events until the relay restarts), naming the
+//!   sinks in `failing`.
 //! - `GET /stats`: the ledger as JSON, per component, with `balanced` and `settled` flags.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -23,17 +25,42 @@ use tokio_util::sync::CancellationToken;
 
 use crate::http_server::{self, Handler, ServerOptions};
 use crate::ledger::{Ledger, Stats};
+use crate::queue::SinkQueue;
 
-/// Whether the relay takes traffic: set once every listener is bound, cleared on shutdown.
+/// Whether the relay takes traffic: set once every listener is bound, cleared on shutdown; and
+/// the queues whose disk failed, which make it unready whatever the flag says.
 #[derive(Default)]
-pub struct Readiness(AtomicBool);
+pub struct Readiness {
+    started: AtomicBool,
+    queues: OnceLock<Vec<(String, Arc<SinkQueue>)>>,
+}
 
 impl Readiness {
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::SeqCst);
+        self.started.store(ready, Ordering::SeqCst);
     }
+
+    /// The sinks' queues, watched for disk failures from now on.
+    pub fn watch(&self, queues: Vec<(String, Arc<SinkQueue>)>) {
+        let _ = self.queues.set(queues);
+    }
+
     pub fn get(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.started.load(Ordering::SeqCst) && self.failing().is_empty()
+    }
+
+    /// Sinks whose disk queue cannot write.
+    pub fn failing(&self) -> Vec<&str> {
+        self.queues
+            .get()
+            .map(|queues| {
+                queues
+                    .iter()
+                    .filter(|(_, queue)| queue.write_failed())
+                    .map(|(name, _)| name.as_str())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -113,14 +140,25 @@ impl Handler for Admin {
                 self.ledger.encode_metrics(),
             ),
             "/health" => respond(StatusCode::OK, "application/json", "{\"status\":\"ok\"}\n"),
-            "/ready" if self.ready.get() => {
-                respond(StatusCode::OK, "application/json", "{\"ready\":true}\n")
+            "/ready" => {
+                let failing = self.ready.failing();
+                let ready = self.ready.get();
+                let status = if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                let body = if failing.is_empty() {
+                    serde_json::json!({ "ready": ready })
+                } else {
+                    serde_json::json!({
+                        "ready": false,
+                        "failing": failing,
+                        "reason": "a disk queue cannot write (see the log); its sink refuses events until the relay restarts",
+                    })
+                };
+                respond(status, "application/json", format!("{body}\n"))
             }
-            "/ready" => respond(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "application/json",
-                "{\"ready\":false}\n",
-            ),
             "/stats" => {
                 let document = StatsDocument {
                     node: self.node.clone(),

@@ -524,6 +524,15 @@ impl SinkQueue {
         }
     }
 
+    /// Whether its disk (tier) failed a write or sync: it refuses events until the relay restarts.
+    pub fn write_failed(&self) -> bool {
+        match self {
+            SinkQueue::Memory(_) => false,
+            SinkQueue::Disk(q) => q.stats().write_failed,
+            SinkQueue::Spill(q) => q.write_failed(),
+        }
+    }
+
     /// Whether every event it takes survives a restart.
     pub fn is_durable(&self) -> bool {
         matches!(self, SinkQueue::Disk(_))

@@ -101,6 +101,10 @@ impl SpillQueue {
         self.readable.notify_one();
     }
 
+    pub fn write_failed(&self) -> bool {
+        self.disk.stats().write_failed
+    }
+
     pub fn on_disk(&self) -> u64 {
         self.disk.len() as u64
     }
