@@ -5,8 +5,11 @@
 //! - Each event is one entry ([`super::codec`]) with its own sequence number, which is how a
 //!   finished batch is acknowledged, in any order. A source's whole read goes in as one record
 //!   ([`DiskQueue::try_push_all`]): one lock and one checksum for the lot.
-//! - Every event is appended with itself as the entry's memo, so while its record is in the
-//!   log's in-memory tail the sink gets the same `Arc<Event>` back instead of decoding it.
+//! - The events of a batch are appended with themselves as the entries' memos, so while the
+//!   record is in the log's in-memory tail the sink gets the same `Arc<Event>`s back instead of
+//!   decoding them. A single event (an HTTP request) gets no memo: it may be large (headers),
+//!   the tail is bounded by record bytes, not by what memos hold, and one decode is cheap next
+//!   to a request.
 //! - `when_full`: `block` waits for acknowledgements to free space until the producer's
 //!   deadline; `drop_newest` refuses at once. (`drop_oldest` is refused at config load: an
 //!   acknowledged promise on disk is never thrown away to make room.)
@@ -127,7 +130,7 @@ impl DiskQueue {
 
     async fn offer(&self, event: Arc<Event>, deadline: Instant) -> Result<Seq, PushError> {
         loop {
-            let (appended, record_len) = append_encoded(&self.log, event.clone());
+            let (appended, record_len) = append_encoded(&self.log, &event);
             match appended {
                 Ok(seq) => {
                     if event.has_waiters() {
@@ -352,17 +355,16 @@ thread_local! {
     static BATCH: std::cell::RefCell<RecordBatch> = std::cell::RefCell::new(RecordBatch::new());
 }
 
-/// Encodes `event` and appends it, with itself as the memo; returns the outcome and the
-/// record's length.
+/// Encodes `event` and appends it; returns the outcome and the record's length.
 fn append_encoded(
     log: &sluice_diskq::DiskQueue<Arc<Event>>,
-    event: Arc<Event>,
+    event: &Event,
 ) -> (Result<Seq, AppendError>, usize) {
     RECORD.with(|cell| {
         let mut record = cell.borrow_mut();
         record.clear();
-        codec::encode_into(event.as_ref(), &mut *record);
-        let outcome = (log.append_with_memo(&record, event), record.len());
+        codec::encode_into(event, &mut *record);
+        let outcome = (log.append(&record), record.len());
         if record.capacity() > 1 << 20 {
             // One large event must not keep a large buffer per thread alive.
             *record = bytes::BytesMut::new();
