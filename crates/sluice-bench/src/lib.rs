@@ -14,9 +14,11 @@
 //! - [`relay`]: the relay's generated config, its process and its `/stats` ledger;
 //! - [`rsyslog`]: rsyslog as the peer for S1;
 //! - [`scenario`]: the scenarios and one measured run;
+//! - [`disk_ceiling`]: with a disk queue and `--baseline`, what the disk alone syncs;
 //! - [`report`] and [`plot`]: tables, JSON and SVG.
 
 pub mod body;
+pub mod disk_ceiling;
 pub mod payload;
 pub mod plot;
 pub mod procstat;
@@ -259,6 +261,8 @@ pub async fn run(args: BenchArgs, sluice_exe: PathBuf) -> Result<()> {
         bail!("nothing to measure: --no-sluice without --baseline or --peer");
     }
     let mut rows: Vec<RunResult> = Vec::new();
+    let mut ceilings: Vec<disk_ceiling::Ceiling> = Vec::new();
+    let measure_disk = args.baseline && matches!(plan.queue, QueueSpec::Disk { .. });
     // A target that fails is reported and not retried; the others still run and print.
     let mut failures: Vec<(Target, anyhow::Error)> = Vec::new();
     let runs = args.runs.max(1);
@@ -281,7 +285,19 @@ pub async fn run(args: BenchArgs, sluice_exe: PathBuf) -> Result<()> {
                 }
             }
         }
+        if measure_disk {
+            eprintln!("{:?} run {run}/{runs}: disk ceiling…", plan.scenario);
+            let at = std::env::temp_dir();
+            let size = plan.size;
+            let measured = tokio::task::spawn_blocking(move || {
+                disk_ceiling::measure(&at, Duration::from_millis(1500), size)
+            })
+            .await
+            .context("disk ceiling task")??;
+            ceilings.extend(measured);
+        }
     }
+    let ceilings = disk_ceiling::medians(&ceilings);
     let summaries: Vec<Summary> = targets
         .iter()
         .filter_map(|(t, _)| {
@@ -296,10 +312,12 @@ pub async fn run(args: BenchArgs, sluice_exe: PathBuf) -> Result<()> {
         std::fs::write(path, plot::svg(&picks)).with_context(|| format!("writing {path:?}"))?;
     }
     if args.json {
-        let doc = serde_json::json!({ "runs": rows, "summaries": summaries });
+        let doc =
+            serde_json::json!({ "runs": rows, "summaries": summaries, "disk_ceilings": ceilings });
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print!("{}", report::table(&rows, &summaries));
+        print!("{}", disk_ceiling::lines(&ceilings));
     }
     match failures.len() {
         0 => Ok(()),
