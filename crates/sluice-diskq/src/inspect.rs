@@ -5,7 +5,8 @@
 //!
 //! It takes no lock and writes nothing, so it works while another process has the queue open.
 //! On a live queue the last segment may end in a record being written; that shows up as a torn
-//! tail, which the owning process will not truncate (it is still writing it).
+//! tail, which the owning process will not truncate (it is still writing it). Zeros after the
+//! last record are preallocated space (`unused_bytes`), not damage.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,8 @@ pub struct SegmentReport {
     pub corrupt_bytes: u64,
     /// Bytes after the last valid record that hold no valid record (a torn tail).
     pub tail_bytes: u64,
+    /// Zero bytes at the end, after the last valid record: preallocated space not used yet.
+    pub unused_bytes: u64,
 }
 
 /// What [`inspect`] found in a queue directory.
@@ -132,7 +135,7 @@ impl std::fmt::Display for InspectReport {
         )?;
         writeln!(
             f,
-            "\n{:<28} {:>12} {:>10} {:>10} {:>20} {:>20} {:>8} {:>10} {:>10}",
+            "\n{:<28} {:>12} {:>10} {:>10} {:>20} {:>20} {:>8} {:>10} {:>10} {:>10}",
             "segment",
             "bytes",
             "records",
@@ -141,7 +144,8 @@ impl std::fmt::Display for InspectReport {
             "last seq",
             "corrupt",
             "bad bytes",
-            "tail"
+            "tail",
+            "unused"
         )?;
         for s in &self.segments {
             let name = s
@@ -151,7 +155,7 @@ impl std::fmt::Display for InspectReport {
                 .unwrap_or_default();
             writeln!(
                 f,
-                "{:<28} {:>12} {:>10} {:>10} {:>20} {:>20} {:>8} {:>10} {:>10}",
+                "{:<28} {:>12} {:>10} {:>10} {:>20} {:>20} {:>8} {:>10} {:>10} {:>10}",
                 name,
                 s.bytes,
                 s.records,
@@ -160,7 +164,8 @@ impl std::fmt::Display for InspectReport {
                 opt(s.last_seq),
                 s.corrupt_records,
                 s.corrupt_bytes,
-                s.tail_bytes
+                s.tail_bytes,
+                s.unused_bytes
             )?;
         }
         write!(
@@ -207,6 +212,7 @@ pub fn inspect(dir: impl AsRef<Path>) -> Result<InspectReport, Error> {
             corrupt_records: 0,
             corrupt_bytes: 0,
             tail_bytes: 0,
+            unused_bytes: 0,
         };
         let mut sc = Scanner::new(&file, &path, bytes, 0, start);
         let mut next = start;
@@ -223,6 +229,7 @@ pub fn inspect(dir: impl AsRef<Path>) -> Result<InspectReport, Error> {
                 }
                 Item::Corrupt { bytes, .. } => rep.corrupt_bytes += bytes,
                 Item::Tail { bytes, .. } => rep.tail_bytes += bytes,
+                Item::Unused { bytes, .. } => rep.unused_bytes += bytes,
                 Item::End => break,
             }
         }

@@ -78,6 +78,8 @@ impl<M> std::fmt::Debug for DiskQueue<M> {
 pub(crate) struct Inner<M> {
     pub(crate) shared: Arc<Shared<M>>,
     writer: Mutex<Option<JoinHandle<ExitInfo>>>,
+    /// The spare segment's preparer, if `preallocate` is on.
+    prep: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl<M> Inner<M> {
@@ -97,6 +99,11 @@ impl<M> Inner<M> {
             Some(Ok(info)) => info,
             _ => ExitInfo::default(),
         };
+        // After the writer: it no longer takes the spare, so the preparer may delete it.
+        self.shared.spare.stop(crash);
+        if let Some(prep) = self.prep.lock().take() {
+            let _ = prep.join();
+        }
         self.shared.progress.send_modify(|p| p.closed = true);
         self.shared.fail_waiters(None);
         self.shared.notify_readers();
@@ -187,6 +194,7 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
                 file: None,
             }),
             pool: Default::default(),
+            spare: Default::default(),
             counters,
             _lock: lock,
         });
@@ -198,10 +206,19 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
             .map_err(|e| Error::io("spawn writer thread", &shared.dir, None, e))?;
         let queue = DiskQueue {
             inner: Arc::new(Inner {
-                shared,
+                shared: shared.clone(),
                 writer: Mutex::new(Some(handle)),
+                prep: Mutex::new(None),
             }),
         };
+        if shared.opts.preallocate {
+            let prep_shared = shared.clone();
+            let prep = std::thread::Builder::new()
+                .name("sluice-diskq-prep".into())
+                .spawn(move || crate::prep::run(prep_shared))
+                .map_err(|e| Error::io("spawn preparer thread", &shared.dir, None, e))?;
+            *queue.inner.prep.lock() = Some(prep);
+        }
         Ok((queue, rec.report))
     }
 
@@ -388,6 +405,8 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
             corrupt_records: Counters::get(&c.corrupt_records),
             corrupt_bytes: Counters::get(&c.corrupt_bytes),
             write_failed: p.failed.is_some(),
+            preallocated_segments: Counters::get(&sh.spare.used),
+            spare_bytes: Counters::get(&sh.spare.bytes),
         }
     }
 

@@ -338,7 +338,8 @@ fn read_from_file<M, T: Handout<M>>(
                     carry += bytes;
                     break;
                 }
-                Item::End => break,
+                // The segment's live end: the zeros after it are preallocated space.
+                Item::Unused { .. } | Item::End => break,
             }
         }
     }

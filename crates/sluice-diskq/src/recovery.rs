@@ -11,6 +11,10 @@
 //! - a torn tail of the last segment is truncated (and the truncation synced), so new records
 //!   follow the last valid one (a torn multi-entry record loses all its entries: none of them
 //!   was reported durable, since they became durable together);
+//! - zeros from a record boundary to the end of a segment are unused preallocated space (or
+//!   data never synced, hence never reported durable): the segment's live end is where they
+//!   start, the file keeps its length, nothing is reported, and appends overwrite them;
+//! - a leftover spare segment (`spare.seg.tmp`) is deleted;
 //! - segments whose every record is acknowledged are deleted;
 //! - `next_seq` is above every seq on disk and at least the low-water mark. If it had to jump
 //!   (the checkpoint is ahead of the data), appends start a fresh segment, so that sequence
@@ -137,6 +141,8 @@ fn remove_segment(path: &Path) -> Result<(), Error> {
 pub(crate) fn recover(dir: &Path) -> Result<Recovered, Error> {
     let started = Instant::now();
     remove_segment(&dir.join(checkpoint::CHECKPOINT_TMP))?;
+    // A spare may be half written (a crash while preparing it): the preparer makes a new one.
+    remove_segment(&dir.join(crate::prep::SPARE_FILE))?;
     let ckpt = checkpoint::read(dir)?;
     if let CheckpointStatus::Corrupt(why) = &ckpt {
         tracing::warn!(dir = %dir.display(), reason = %why, "Ignoring damaged checkpoint; replaying everything on disk.");
@@ -198,7 +204,9 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, Error> {
             scanned_any = true;
         }
         let mut scanner = Scanner::new(&file, path, file_len, 0, expected);
-        let mut valid_len = file_len;
+        // Where appends continue, and where the file is cut (a torn tail only).
+        let mut live_end = file_len;
+        let mut cut = None;
         loop {
             match scanner.next_item()? {
                 Item::Record {
@@ -244,7 +252,8 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, Error> {
                 } => {
                     if is_last {
                         report.truncated_bytes += bytes;
-                        valid_len = offset;
+                        live_end = offset;
+                        cut = Some(offset);
                     } else {
                         report.corrupt_bytes += bytes;
                     }
@@ -257,22 +266,23 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, Error> {
                     };
                     note(&mut report, region);
                 }
+                Item::Unused { offset, .. } => live_end = offset,
                 Item::End => break,
             }
         }
-        if valid_len < file_len {
-            file.set_len(valid_len)
+        if let Some(cut) = cut {
+            file.set_len(cut)
                 .and_then(|()| file.sync_all())
-                .map_err(|e| Error::io("truncate", path, Some(valid_len), e))?;
+                .map_err(|e| Error::io("truncate", path, Some(cut), e))?;
         }
-        if is_last && valid_len == 0 {
+        if is_last && live_end == 0 {
             // Nothing valid in the active segment: start it afresh at `next_seq` below.
             remove_segment(path)?;
             continue;
         }
         segments.push_back(SegMeta {
             first: *first,
-            bytes: valid_len,
+            bytes: live_end,
         });
         last_file_kept = is_last;
     }

@@ -30,6 +30,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::acks::AckSet;
 use crate::bufpool::BufPool;
+use crate::prep::Spare;
 use crate::{Options, Seq, WriteFailure};
 
 /// Bytes that may wait for the writer before `append` reports `Full`.
@@ -218,6 +219,8 @@ pub(crate) struct Shared<M> {
     pub reader: Mutex<ReadCursor>,
     /// Chunk buffers recycled from the tail to appenders.
     pub pool: Arc<BufPool>,
+    /// The zero-filled spare segment and its preparer's controls.
+    pub spare: Spare,
     pub counters: Counters,
     /// Held for the queue's lifetime: dropping it releases the directory lock.
     pub _lock: File,

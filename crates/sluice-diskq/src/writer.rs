@@ -36,6 +36,8 @@ pub(crate) struct ExitInfo {
     pub active: Option<PathBuf>,
     /// Bytes of it covered by the sync policy (the rest may vanish on power loss).
     pub durable_len: u64,
+    /// Bytes of it written (its live end; a file made from a spare is longer).
+    pub written_len: u64,
 }
 
 struct OpenSegment {
@@ -109,6 +111,7 @@ impl<M> Writer<M> {
                     SyncPolicy::Never => seg.written_len,
                     _ => seg.synced_len,
                 },
+                written_len: seg.written_len,
             },
             None => ExitInfo::default(),
         }
@@ -207,8 +210,11 @@ impl<M> Writer<M> {
         self.shared.progress.borrow().failed.is_some()
     }
 
-    /// Makes `first` the open segment, syncing and closing the previous one.
-    fn switch_to(&mut self, first: u64) -> bool {
+    /// Makes `first` the open segment, syncing and closing the previous one. `offset` is where
+    /// its first write in this process goes: its live end (0 for a new segment, where recovery
+    /// found the end for the active one), since a segment made from a spare is longer than
+    /// what was written to it.
+    fn switch_to(&mut self, first: u64, offset: u64) -> bool {
         if self.active.as_ref().is_some_and(|a| a.first == first) {
             return true;
         }
@@ -219,6 +225,10 @@ impl<M> Writer<M> {
         }
         let path = segment::segment_path(&self.shared.dir, first);
         let existed = path.exists();
+        if !existed && self.shared.opts.preallocate {
+            // Either way the directory is synced below, which makes the rename durable too.
+            self.shared.spare.take(&self.shared.dir, &path);
+        }
         let file = match OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -238,13 +248,12 @@ impl<M> Writer<M> {
             self.fail("fsync directory", self.shared.dir.clone(), None, e);
             return false;
         }
-        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         self.active = Some(OpenSegment {
             first,
             path,
             file,
-            written_len: len,
-            synced_len: len,
+            written_len: offset,
+            synced_len: offset,
         });
         true
     }
@@ -256,7 +265,7 @@ impl<M> Writer<M> {
         let mut tail = Vec::with_capacity(batch.len());
         let mut bytes_total = 0u64;
         for chunk in batch {
-            if !self.switch_to(chunk.segment) {
+            if !self.switch_to(chunk.segment, chunk.offset) {
                 return;
             }
             let Some(seg) = self.active.as_mut() else {
@@ -416,6 +425,7 @@ impl<M> Writer<M> {
                 "Deleted acknowledged segments."
             );
             self.shared.bump_space();
+            self.shared.spare.nudge();
         }
     }
 }

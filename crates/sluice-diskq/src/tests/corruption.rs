@@ -102,7 +102,8 @@ async fn a_torn_tail_is_truncated_and_appends_continue_after_it() {
     let dir = tempfile::tempdir().unwrap();
     let segs = write_closed(dir.path(), 100).await;
     let last = segs.last().unwrap();
-    let len = std::fs::metadata(last).unwrap().len();
+    // The live end of the last segment (seqs 64..100), whether or not it was preallocated.
+    let len = 36 * REC;
     OpenOptions::new()
         .write(true)
         .open(last)
@@ -123,25 +124,48 @@ async fn a_torn_tail_is_truncated_and_appends_continue_after_it() {
     assert_eq!((report.truncated_bytes, report.corrupt_bytes), (0, 0));
 }
 
+/// Zeros after the last record are preallocated space (or a write that never reached the
+/// disk, so was never reported durable): not damage, not cut off, and overwritten by appends.
 #[tokio::test]
-async fn a_zero_filled_tail_is_truncated() {
+async fn a_zero_filled_tail_is_unused_space_and_appends_overwrite_it() {
     let dir = tempfile::tempdir().unwrap();
     let segs = write_closed(dir.path(), 70).await;
     let last = segs.last().unwrap();
-    let len = std::fs::metadata(last).unwrap().len();
-    patch(last, len, &[0u8; 3000]);
-    let (report, seqs, _q) = reopen_and_read(dir.path()).await;
+    let live = 6 * REC; // seqs 64..70
+    let len = std::fs::metadata(last).unwrap().len().max(live + 3000);
+    patch(last, live, &vec![0u8; (len - live) as usize]);
+    let (report, seqs, q) = reopen_and_read(dir.path()).await;
     assert_eq!(seqs, (0..70).collect::<Vec<_>>());
-    assert_eq!(report.truncated_bytes, 3000);
-    assert_eq!(std::fs::metadata(last).unwrap().len(), len);
+    assert_eq!(
+        (
+            report.truncated_bytes,
+            report.corrupt_bytes,
+            report.corrupt_records
+        ),
+        (0, 0, 0)
+    );
+    assert!(report.skipped.is_empty(), "{report}");
+    assert_eq!(std::fs::metadata(last).unwrap().len(), len, "not truncated");
+    assert_eq!(
+        q.stats().bytes_on_disk,
+        64 * REC + live,
+        "counted to the live end"
+    );
+    let seq = q.append(&rec_payload(70)).unwrap();
+    assert_eq!(seq, 70);
+    q.close().await.unwrap();
+    drop(q);
+    let (report, seqs, _q) = reopen_and_read(dir.path()).await;
+    assert_eq!(seqs, (0..71).collect::<Vec<_>>());
+    assert!(report.skipped.is_empty(), "{report}");
 }
 
 #[tokio::test]
 async fn a_damaged_end_of_an_older_segment_loses_only_its_records() {
     let dir = tempfile::tempdir().unwrap();
     let segs = write_closed(dir.path(), 150).await;
-    patch(&segs[0], 60 * REC, &[0u8; 4 * REC as usize]); // seqs 60..64, end of segment 0
-    let (report, seqs, _q) = reopen_and_read(dir.path()).await;
+    patch(&segs[0], 60 * REC, &[0xab; 4 * REC as usize]); // seqs 60..64, end of segment 0
+    let (report, seqs, q) = reopen_and_read(dir.path()).await;
     assert_eq!(seqs, all_but(150, &[60, 61, 62, 63]));
     assert_eq!(report.corrupt_records, 4);
     assert_eq!(report.corrupt_bytes, 4 * REC);
@@ -149,6 +173,17 @@ async fn a_damaged_end_of_an_older_segment_loses_only_its_records() {
         report.truncated_bytes, 0,
         "only the last segment's tail is truncated"
     );
+    q.close().await.unwrap();
+    drop(q);
+
+    // Zeroed instead, the bytes read as unused space; the lost seqs still show as a gap.
+    let dir = tempfile::tempdir().unwrap();
+    let segs = write_closed(dir.path(), 150).await;
+    patch(&segs[0], 60 * REC, &[0u8; 4 * REC as usize]);
+    let (report, seqs, _q) = reopen_and_read(dir.path()).await;
+    assert_eq!(seqs, all_but(150, &[60, 61, 62, 63]));
+    assert_eq!((report.corrupt_records, report.corrupt_bytes), (4, 0));
+    assert_eq!(report.truncated_bytes, 0);
 }
 
 #[tokio::test]
@@ -220,7 +255,10 @@ async fn inspect_reports_a_live_and_a_corrupt_directory() {
     let segs = segment::list_segments(dir.path()).unwrap();
     flip(&segs[0].1, 10 * REC + 20); // seq 74
     let len = std::fs::metadata(&segs[0].1).unwrap().len();
-    patch(&segs[0].1, len, &[0u8; 100]);
+    assert_eq!(live.segments[0].unused_bytes, len - 36 * REC);
+    // A torn record at the live end, followed by zeros if the segment was preallocated.
+    patch(&segs[0].1, 36 * REC, &[0xab; 100]);
+    let len = len.max(36 * REC + 100);
     let bad = inspect(dir.path()).unwrap();
     assert_eq!(bad.corrupt_records(), 1);
     assert_eq!(bad.segments[0].corrupt_bytes, REC);
@@ -230,5 +268,5 @@ async fn inspect_reports_a_live_and_a_corrupt_directory() {
         "{bad}"
     );
     // Inspecting wrote nothing: the tail is still there for recovery to truncate.
-    assert_eq!(std::fs::metadata(&segs[0].1).unwrap().len(), len + 100);
+    assert_eq!(std::fs::metadata(&segs[0].1).unwrap().len(), len);
 }

@@ -7,6 +7,8 @@ mod entries;
 mod group_commit;
 mod kill;
 mod model;
+mod prealloc;
+mod scanner;
 
 use std::time::Duration;
 
@@ -22,6 +24,7 @@ pub(crate) fn small_opts() -> Options {
         checkpoint_interval: Duration::from_millis(20),
         read_cache_bytes: 16 * 1024,
         read_before_durable: false,
+        preallocate: true,
     }
 }
 

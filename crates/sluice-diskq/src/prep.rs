@@ -1,0 +1,211 @@
+//! The spare segment: a zero-filled file prepared ahead, so that new segments overwrite blocks
+//! that already exist instead of growing a file.
+//!
+//! Why: an `fdatasync` after writing at the end of a file also writes the inode's new size
+//! and allocates blocks, which costs about twice the wall time of one that overwrites blocks
+//! already written. So when [`crate::Options::preallocate`] is on, one background thread per
+//! queue ("sluice-diskq-prep") keeps at most one spare, [`SPARE_FILE`], of exactly
+//! `segment_bytes` zeros, written in 1 MiB pieces and synced. When the writer needs a new
+//! segment file it renames the spare to the segment's name (then syncs the directory, as for
+//! any new segment) and writes from offset 0; the preparer then makes the next one.
+//!
+//! Invariants:
+//! - A spare holds only zeros, so a segment made from it holds records followed by zeros, and
+//!   recovery reads zeros after a record boundary as unused space (see `segment.rs`). Stale
+//!   records never exist.
+//! - `ready` is only set after the whole spare is written and synced; the writer renames it
+//!   only while `ready`, under the same lock, and the preparer only touches the file while not
+//!   `ready`, so the two never work on it at once.
+//! - Space: a spare is prepared only while `disk_bytes + 2 * segment_bytes <= max_bytes`, so a
+//!   queue smaller than two segments never prepares one.
+//! - Errors (a full disk, an I/O error) delete the spare, are logged once per streak, and back
+//!   off for 10 s. They never poison the queue or affect appends: the writer then just creates
+//!   its segments by growing them.
+//! - The thread stops when the queue closes, is dropped or (in tests) crashes; an orderly stop
+//!   deletes the spare, and `open` deletes one left over by a crash.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::state::Shared;
+
+/// File name of the spare segment.
+pub(crate) const SPARE_FILE: &str = "spare.seg.tmp";
+
+/// Bytes written per `write` call while preparing a spare.
+const WRITE_PIECE: usize = 1024 * 1024;
+
+/// Bytes written between two syncs, so that writeback comes in moderate bursts.
+const SYNC_EVERY: u64 = 8 * 1024 * 1024;
+
+/// How long to wait after a failure before trying again.
+const BACKOFF: Duration = Duration::from_secs(10);
+
+/// How often the preparer looks again whether there is room for a spare.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// The spare's state, shared by the writer thread and the preparer.
+#[derive(Debug, Default)]
+pub(crate) struct Spare {
+    /// Whether a complete, synced spare is waiting to be used.
+    ready: Mutex<bool>,
+    wake: Condvar,
+    /// Set to stop the preparer; `crash` leaves the spare behind.
+    stop: AtomicBool,
+    crash: AtomicBool,
+    /// Bytes of the spare file on disk (ready, or being prepared).
+    pub bytes: AtomicU64,
+    /// Spares the writer turned into segments.
+    pub used: AtomicU64,
+}
+
+impl Spare {
+    /// Renames a ready spare to `path` (a segment that does not exist yet). Returns whether it
+    /// did; if not, the caller creates the segment as an empty file.
+    pub fn take(&self, dir: &Path, path: &Path) -> bool {
+        let mut ready = self.ready.lock();
+        if !*ready {
+            return false;
+        }
+        *ready = false;
+        self.bytes.store(0, Ordering::Relaxed);
+        let spare = dir.join(SPARE_FILE);
+        let taken = match std::fs::rename(&spare, path) {
+            Ok(()) => {
+                self.used.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(path = %spare.display(), error = %e, "Using the spare disk queue segment failed; creating the segment instead.");
+                let _ = std::fs::remove_file(&spare);
+                false
+            }
+        };
+        drop(ready);
+        self.wake.notify_one();
+        taken
+    }
+
+    /// Tells the preparer to look again (a spare was used, or space was freed).
+    pub fn nudge(&self) {
+        let _ready = self.ready.lock();
+        self.wake.notify_one();
+    }
+
+    /// Stops the preparer; with `crash`, whatever it was writing stays on disk.
+    pub fn stop(&self, crash: bool) {
+        self.crash.store(crash, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
+        self.nudge();
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// Whether the queue has room for a spare and may still use one.
+fn room<M>(shared: &Shared<M>) -> bool {
+    let st = shared.state.lock();
+    let seg = shared.opts.segment_bytes;
+    let open = !(st.close_requested || st.shutdown || st.crash || st.failed.is_some());
+    open && seg
+        .checked_mul(2)
+        .and_then(|two| two.checked_add(st.disk_bytes))
+        .is_some_and(|need| need <= shared.opts.max_bytes)
+}
+
+/// Runs the preparer until the queue stops.
+pub(crate) fn run<M>(shared: Arc<Shared<M>>) {
+    let spare = &shared.spare;
+    let path = shared.dir.join(SPARE_FILE);
+    let mut zeros = Vec::new();
+    let mut retry_at: Option<Instant> = None;
+    let mut warned = false;
+    loop {
+        {
+            let mut ready = spare.ready.lock();
+            loop {
+                if spare.stopping() {
+                    drop(ready);
+                    if !spare.crash.load(Ordering::Relaxed) {
+                        let _ = std::fs::remove_file(&path);
+                        spare.bytes.store(0, Ordering::Relaxed);
+                    }
+                    return;
+                }
+                let now = Instant::now();
+                let waiting = retry_at.is_some_and(|t| now < t);
+                if !*ready && !waiting && room(&shared) {
+                    break;
+                }
+                let until = retry_at.filter(|t| *t > now).unwrap_or(now + RECHECK);
+                spare.wake.wait_until(&mut ready, until);
+            }
+        }
+        if zeros.is_empty() {
+            zeros = vec![0u8; WRITE_PIECE];
+        }
+        match prepare(spare, &path, shared.opts.segment_bytes, &zeros) {
+            Ok(true) => {
+                *spare.ready.lock() = true;
+                warned = false;
+                retry_at = None;
+            }
+            // Stopped halfway: the loop above sees it.
+            Ok(false) => {}
+            Err((op, e)) => {
+                let _ = std::fs::remove_file(&path);
+                spare.bytes.store(0, Ordering::Relaxed);
+                retry_at = Some(Instant::now() + BACKOFF);
+                if warned {
+                    tracing::debug!(path = %path.display(), op, error = %e, "Preparing a spare disk queue segment failed again.");
+                } else {
+                    warned = true;
+                    tracing::warn!(path = %path.display(), op, error = %e, retry_in = ?BACKOFF,
+                        "Preparing a spare disk queue segment failed; new segments grow instead until it works again.");
+                }
+            }
+        }
+    }
+}
+
+/// Writes `len` zero bytes to a fresh spare at `path` and syncs it. Returns false if told to
+/// stop halfway.
+fn prepare(
+    spare: &Spare,
+    path: &Path,
+    len: u64,
+    zeros: &[u8],
+) -> Result<bool, (&'static str, std::io::Error)> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| ("create", e))?;
+    let mut at = 0u64;
+    let mut unsynced = 0u64;
+    while at < len {
+        if spare.stopping() {
+            return Ok(false);
+        }
+        let n = (len - at).min(zeros.len() as u64);
+        let piece = zeros.get(..n as usize).unwrap_or_default();
+        file.write_all_at(piece, at).map_err(|e| ("write", e))?;
+        at += n;
+        spare.bytes.store(at, Ordering::Relaxed);
+        unsynced += n;
+        if unsynced >= SYNC_EVERY || at == len {
+            file.sync_data().map_err(|e| ("fdatasync", e))?;
+            unsynced = 0;
+        }
+    }
+    Ok(true)
+}

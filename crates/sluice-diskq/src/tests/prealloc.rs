@@ -1,0 +1,150 @@
+//! Zero-filled spare segments: prepared in the background only when there is room, turned
+//! into the next segment at rollover, replaced, and cleaned up on open and on close.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::{drain, fill, small_opts};
+use crate::prep::SPARE_FILE;
+use crate::{DiskQueue, Options, segment};
+
+fn spare_len(dir: &Path) -> Option<u64> {
+    std::fs::metadata(dir.join(SPARE_FILE))
+        .ok()
+        .map(|m| m.len())
+}
+
+/// Waits (up to 10 s) until the queue reports a complete spare.
+async fn spare_ready(q: &DiskQueue, bytes: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while q.stats().spare_bytes != bytes {
+        assert!(Instant::now() < deadline, "no spare: {:?}", q.stats());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_queue_smaller_than_two_segments_never_prepares_a_spare() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        max_bytes: 2 * 4096 - 1,
+        max_record_bytes: 1024,
+        ..small_opts()
+    };
+    let (q, _) = DiskQueue::<()>::open(dir.path(), opts).unwrap();
+    for round in 0..5 {
+        let seqs = fill(&q, round * 40, 40).await;
+        assert_eq!(drain(&q).len(), 40);
+        q.ack_many(&seqs);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let stats = q.stats();
+    assert_eq!((stats.preallocated_segments, stats.spare_bytes), (0, 0));
+    assert_eq!(spare_len(dir.path()), None);
+    // Every segment file is exactly as long as what was written to it.
+    for (first, path) in segment::list_segments(dir.path()).unwrap() {
+        let len = std::fs::metadata(&path).unwrap().len();
+        let live = q
+            .inner
+            .shared
+            .state
+            .lock()
+            .segments
+            .iter()
+            .find(|s| s.first == first)
+            .map(|s| s.bytes);
+        assert_eq!(Some(len), live, "{}", path.display());
+    }
+}
+
+#[tokio::test]
+async fn the_spare_becomes_the_next_segment_and_another_is_prepared() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = 64 * 1024;
+    let opts = Options {
+        segment_bytes: seg,
+        ..small_opts()
+    };
+    let (q, _) = DiskQueue::<()>::open(dir.path(), opts.clone()).unwrap();
+    spare_ready(&q, seg).await;
+    // 2000 records of about 50 bytes fill more than one segment; the first one is made from
+    // the spare prepared above.
+    fill(&q, 0, 2000).await;
+    let segs = segment::list_segments(dir.path()).unwrap();
+    assert!(segs.len() >= 2, "{segs:?}");
+    let stats = q.stats();
+    assert!(stats.preallocated_segments >= 1, "{stats:?}");
+    let made_from_spare = std::fs::metadata(&segs[0].1).unwrap().len();
+    assert_eq!(made_from_spare, seg, "the first segment was the spare");
+    assert!(
+        stats.bytes_on_disk < 2 * seg,
+        "live bytes, not file lengths: {stats:?}"
+    );
+    spare_ready(&q, seg).await;
+    assert_eq!(spare_len(dir.path()), Some(seg));
+
+    q.close().await.unwrap();
+    drop(q);
+    assert_eq!(
+        spare_len(dir.path()),
+        None,
+        "an orderly stop deletes the spare"
+    );
+    let (q, report) = DiskQueue::<()>::open(dir.path(), opts).unwrap();
+    assert!(report.skipped.is_empty(), "{report}");
+    assert_eq!((report.truncated_bytes, report.corrupt_bytes), (0, 0));
+    assert_eq!(report.replayed_records, 2000);
+    let got = drain(&q);
+    assert_eq!(got.len(), 2000);
+    assert!(got.iter().all(|(s, b)| *b == super::payload(*s)));
+}
+
+#[tokio::test]
+async fn a_leftover_spare_is_deleted_on_open_and_a_fresh_one_prepared() {
+    let dir = tempfile::tempdir().unwrap();
+    // A crash while preparing left a half-written spare (and garbage, for good measure).
+    std::fs::write(dir.path().join(SPARE_FILE), vec![0xee; 3000]).unwrap();
+    let opts = Options {
+        preallocate: false,
+        ..small_opts()
+    };
+    let (q, report) = DiskQueue::<()>::open(dir.path(), opts.clone()).unwrap();
+    assert!(report.skipped.is_empty(), "{report}");
+    assert_eq!(spare_len(dir.path()), None);
+    drop(q);
+
+    std::fs::write(dir.path().join(SPARE_FILE), vec![0xee; 3000]).unwrap();
+    let (q, _) = DiskQueue::<()>::open(dir.path(), small_opts()).unwrap();
+    spare_ready(&q, 4096).await;
+    let bytes = std::fs::read(dir.path().join(SPARE_FILE)).unwrap();
+    assert_eq!(bytes.len(), 4096);
+    assert!(bytes.iter().all(|b| *b == 0));
+}
+
+#[tokio::test]
+async fn a_crash_stops_the_preparer_and_reopening_reads_prefilled_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let (q, _) = DiskQueue::<()>::open(dir.path(), small_opts()).unwrap();
+    let mut n = 0;
+    for _ in 0..20 {
+        spare_ready(&q, 4096).await;
+        fill(&q, n, 30).await;
+        n += 30;
+    }
+    assert!(q.stats().preallocated_segments >= 5, "{:?}", q.stats());
+    let info = q.crash();
+    let active = info.active.expect("an active segment");
+    assert!(std::fs::metadata(&active).unwrap().len() >= info.written_len);
+    let (q, report) = DiskQueue::<()>::open(dir.path(), small_opts()).unwrap();
+    assert!(report.skipped.is_empty(), "{report}");
+    assert_eq!(report.replayed_records, n);
+    let got = drain(&q);
+    assert_eq!(got.len() as u64, n);
+    // Appends continue at the live end of the prefilled active segment.
+    fill(&q, n, 10).await;
+    q.close().await.unwrap();
+    drop(q);
+    let (q, report) = DiskQueue::<()>::open(dir.path(), small_opts()).unwrap();
+    assert!(report.skipped.is_empty(), "{report}");
+    assert_eq!(drain(&q).len() as u64, n + 10);
+}
