@@ -22,7 +22,8 @@
 //! `Arc`, freshly allocated, as the relay attaches its events) per entry. It prints entries/s, the process CPU
 //! time per entry (user + system, from `/proc/self/stat`) and the p50/p99 latency from the
 //! first append of a batch to `wait_durable` of its last entry. `BENCH_SYNC=never` runs it without
-//! syncs, to see the queue's own CPU cost without the disk's.
+//! syncs, to see the queue's own CPU cost without the disk's; `BENCH_PREALLOC=off` creates
+//! segments by growing them instead of from zero-filled spares.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -57,6 +58,11 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
+/// Whether new segments come from zero-filled spares: `BENCH_PREALLOC=off` turns it off.
+fn preallocate() -> bool {
+    !std::env::var("BENCH_PREALLOC").is_ok_and(|s| s == "off")
+}
+
 /// How long each run lasts: `BENCH_SECS`, or `default` seconds.
 fn bench_secs(default: f64) -> Duration {
     let secs = std::env::var("BENCH_SECS")
@@ -84,6 +90,7 @@ fn run_one(name: &str, sync: SyncPolicy, writers: usize, dur: Duration) {
         .expect("temp dir");
     let opts = Options {
         sync,
+        preallocate: preallocate(),
         ..Options::default()
     };
     let (q, _) = DiskQueue::<Arc<Vec<u8>>>::open(dir.path(), opts).expect("open");
@@ -308,6 +315,7 @@ fn batch_run(mode: Mode, dur: Duration) {
         } else {
             SyncPolicy::Always
         },
+        preallocate: preallocate(),
         ..Options::default()
     };
     let (q, _) = DiskQueue::<Arc<Vec<u8>>>::open(dir.path(), opts).expect("open");

@@ -42,7 +42,7 @@ pub(crate) const SPARE_FILE: &str = "spare.seg.tmp";
 const WRITE_PIECE: usize = 1024 * 1024;
 
 /// Bytes written between two syncs, so that writeback comes in moderate bursts.
-const SYNC_EVERY: u64 = 8 * 1024 * 1024;
+const SYNC_EVERY: u64 = 1024 * 1024;
 
 /// How long to wait after a failure before trying again.
 const BACKOFF: Duration = Duration::from_secs(10);
