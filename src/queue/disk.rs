@@ -66,6 +66,7 @@ pub struct DiskOptions {
     pub max_bytes: u64,
     pub max_record_bytes: u32,
     pub sync: SyncPolicy,
+    pub preallocate: bool,
 }
 
 impl DiskQueue {
@@ -81,6 +82,7 @@ impl DiskQueue {
             max_record_bytes: options.max_record_bytes,
             sync: options.sync,
             segment_bytes: (options.max_bytes / 8).clamp(1 << 20, 64 << 20),
+            preallocate: options.preallocate,
             ..Options::default()
         };
         let (log, report) = sluice_diskq::DiskQueue::<Arc<Event>>::open(dir, opts)?;
@@ -103,6 +105,8 @@ impl DiskQueue {
                 "records_synced": s.records_synced,
                 "records_per_fsync": if s.fsyncs == 0 { 0.0 } else { s.records_synced as f64 / s.fsyncs as f64 },
                 "checkpoints": s.checkpoints,
+                "preallocated_segments": s.preallocated_segments,
+                "spare_bytes": s.spare_bytes,
                 "corrupt_records": s.corrupt_records,
                 "write_failed": s.write_failed,
                 "recovered_at_start": recovered,

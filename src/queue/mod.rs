@@ -112,6 +112,11 @@ pub struct QueueConfig {
     /// Disk queues only: the largest event accepted (default 16MiB).
     #[serde(default)]
     pub max_event_bytes: Option<ByteSize>,
+    /// Disk queues only: keep the next segment file written ahead with zeros (default true), so
+    /// a sync overwrites existing blocks instead of growing the file: shorter syncs, for one
+    /// spare segment of disk space and writing each segment's bytes twice.
+    #[serde(default)]
+    pub preallocate: Option<bool>,
     /// Memory queues only: `"disk"` spills to a disk queue when memory is full.
     #[serde(default)]
     pub overflow: Option<Overflow>,
@@ -190,6 +195,7 @@ impl QueueConfig {
                 for (key, set) in [
                     ("sync", self.sync.is_some() && !spills),
                     ("max_event_bytes", self.max_event_bytes.is_some() && !spills),
+                    ("preallocate", self.preallocate.is_some() && !spills),
                 ] {
                     if set {
                         errors.push(locator.error_with_hint(
@@ -264,6 +270,7 @@ impl Default for QueueConfig {
             when_full: WhenFull::Block,
             sync: None,
             max_event_bytes: None,
+            preallocate: None,
             overflow: None,
             overflow_max_bytes: None,
         }
