@@ -450,6 +450,65 @@ async fn lines_a_disk_queue_keeps_over_a_restart_arrive_once_and_in_order() {
     receiver.stop();
 }
 
+/// A source feeding two sinks hands each read to both at once; when one queue cannot take a
+/// whole read, its events go to that queue one by one (where its policy drops what does not
+/// fit) while the other queue keeps them all, once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_beside_one_with_room_gets_the_read_one_by_one_and_the_other_keeps_all() {
+    const LINES: usize = 5000;
+    let (receiver, lines) = LineReceiver::collecting().await;
+    let (away, _) = LineReceiver::collecting().await;
+    let away = away.stop();
+    let sinks = format!(
+        "{}\n[sinks.small]\ntype = \"tcp\"\ninputs = [\"in\"]\naddress = \"{away}\"\n\
+         queue = {{ type = \"memory\", max_events = 10, when_full = \"drop_newest\" }}\n",
+        tcp_sink(
+            receiver.addr,
+            "queue = { type = \"disk\", sync = \"always\" }"
+        )
+    );
+    let relay = TestRelay::start(&relay_config(&tcp_source(""), &sinks)).await;
+    let mut bytes = Vec::new();
+    for i in 0..LINES {
+        writeln!(bytes, "line {i}").expect("format");
+    }
+    send_tcp(relay.addr("in"), &bytes).await;
+    receiver.wait_for(LINES as u64).await;
+    let expected: Vec<Bytes> = (0..LINES)
+        .map(|i| Bytes::from(format!("line {i}")))
+        .collect();
+    assert_eq!(
+        *lines.lock(),
+        expected,
+        "the sink with room gets every line, in order"
+    );
+    let stats = relay
+        .wait_for("a settled ledger", |s| {
+            s["settled"] == true && component(s, "in")["in_flight"] == 0
+        })
+        .await;
+    assert_eq!(stats["balanced"], true, "{stats:#}");
+    let small = component(&stats, "small");
+    let held = small["queued"].as_u64().unwrap_or(0) + small["in_flight"].as_u64().unwrap_or(0);
+    assert_eq!(small["received"], LINES as u64, "{small:#}");
+    assert_eq!(
+        dropped(small, "queue_full") + held,
+        LINES as u64,
+        "{small:#}"
+    );
+    assert!(held >= 10, "the small queue kept what fit: {small:#}");
+    let source = component(&stats, "in");
+    assert_eq!(
+        dropped(source, "queue_full"),
+        dropped(small, "queue_full"),
+        "the source counts an event refused by any of its queues: {source:#}"
+    );
+    // The small queue's peer never came: what it held is reported lost after shutdown_timeout.
+    let report = relay.shutdown().await;
+    assert_eq!(report.undelivered, held, "{report:?}");
+    receiver.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unix_sink_writes_octet_counted_frames() {
     let dir = tempfile::tempdir().expect("temp dir");
