@@ -97,7 +97,7 @@ fn main() -> ExitCode {
             command: QueueCommand::Inspect { dir },
         } => match sluice_diskq::inspect(&dir) {
             Ok(report) => {
-                print!("{report}");
+                println!("{report}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
