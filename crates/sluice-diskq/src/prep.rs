@@ -17,7 +17,9 @@
 //!   only while `ready`, under the same lock, and the preparer only touches the file while not
 //!   `ready`, so the two never work on it at once.
 //! - Space: a spare is prepared only while `disk_bytes + 2 * segment_bytes <= max_bytes`, so a
-//!   queue smaller than two segments never prepares one.
+//!   queue smaller than two segments never prepares one; and only once the queue is busy (it
+//!   holds more than one segment, or its only one is a quarter full), so a mostly idle queue
+//!   never takes two whole segments of disk for a few events.
 //! - Errors (a full disk, an I/O error) delete the spare, are logged once per streak, and back
 //!   off for 10 s. They never poison the queue or affect appends: the writer then just creates
 //!   its segments by growing them.
@@ -110,15 +112,31 @@ impl Spare {
     }
 }
 
-/// Whether the queue has room for a spare and may still use one.
+/// Whether the queue is busy enough to want a spare, has room for one, and may still use one.
 fn room<M>(shared: &Shared<M>) -> bool {
     let st = shared.state.lock();
     let seg = shared.opts.segment_bytes;
     let open = !(st.close_requested || st.shutdown || st.crash || st.failed.is_some());
-    open && seg
-        .checked_mul(2)
-        .and_then(|two| two.checked_add(st.disk_bytes))
-        .is_some_and(|need| need <= shared.opts.max_bytes)
+    open && busy(&st.segments, seg)
+        && seg
+            .checked_mul(2)
+            .and_then(|two| two.checked_add(st.disk_bytes))
+            .is_some_and(|need| need <= shared.opts.max_bytes)
+}
+
+/// A queue wants a spare once it holds more than one segment or its only one is a quarter
+/// full: a mostly idle queue never costs two whole segments of disk for a few events.
+fn busy(segments: &std::collections::VecDeque<crate::state::SegMeta>, segment_bytes: u64) -> bool {
+    segments.len() > 1
+        || segments
+            .back()
+            .is_some_and(|s| s.bytes >= segment_bytes / 4)
+}
+
+/// Whether `before` → `after` bytes of the active segment just crossed the mark where a spare
+/// becomes wanted (the writer then nudges the preparer instead of leaving it to its recheck).
+pub(crate) fn crossed_busy_mark(before: u64, after: u64, segment_bytes: u64) -> bool {
+    before < segment_bytes / 4 && after >= segment_bytes / 4
 }
 
 /// Runs the preparer until the queue stops.

@@ -277,7 +277,15 @@ impl<M> Writer<M> {
                 return;
             }
             let len = chunk.buf.len() as u64;
+            let before = seg.written_len;
             seg.written_len = seg.written_len.max(chunk.offset + len);
+            if crate::prep::crossed_busy_mark(
+                before,
+                seg.written_len,
+                self.shared.opts.segment_bytes,
+            ) {
+                self.shared.spare.nudge();
+            }
             bytes_total += len;
             self.written = chunk.end_seq;
             let (bytes, held) = BufPool::freeze(&self.shared.pool, chunk.buf);

@@ -24,6 +24,30 @@ async fn spare_ready(q: &DiskQueue, bytes: u64) {
 }
 
 #[tokio::test]
+async fn an_idle_queue_prepares_no_spare_until_a_quarter_of_a_segment_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = 64 * 1024;
+    let opts = Options {
+        segment_bytes: seg,
+        ..small_opts()
+    };
+    let (q, _) = DiskQueue::<()>::open(dir.path(), opts).unwrap();
+    // About 300 bytes: far below a quarter of the segment.
+    fill(&q, 0, 5).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(spare_len(dir.path()), None, "{:?}", q.stats());
+    let segs = segment::list_segments(dir.path()).unwrap();
+    let len = std::fs::metadata(&segs[0].1).unwrap().len();
+    assert!(
+        len < 4096,
+        "the first segment grows from empty: {len} bytes"
+    );
+    // A quarter of the segment written: the writer wakes the preparer.
+    fill(&q, 5, 400).await;
+    spare_ready(&q, seg).await;
+}
+
+#[tokio::test]
 async fn a_queue_smaller_than_two_segments_never_prepares_a_spare() {
     let dir = tempfile::tempdir().unwrap();
     let opts = Options {
@@ -66,16 +90,17 @@ async fn the_spare_becomes_the_next_segment_and_another_is_prepared() {
         ..small_opts()
     };
     let (q, _) = DiskQueue::<()>::open(dir.path(), opts.clone()).unwrap();
+    // A quarter of the first segment (about 50 bytes a record) makes the queue busy.
+    fill(&q, 0, 400).await;
     spare_ready(&q, seg).await;
-    // 2000 records of about 50 bytes fill more than one segment; the first one is made from
-    // the spare prepared above.
-    fill(&q, 0, 2000).await;
+    // 1600 more fill the first segment and start the second, which is made from the spare.
+    fill(&q, 400, 1600).await;
     let segs = segment::list_segments(dir.path()).unwrap();
     assert!(segs.len() >= 2, "{segs:?}");
     let stats = q.stats();
     assert!(stats.preallocated_segments >= 1, "{stats:?}");
-    let made_from_spare = std::fs::metadata(&segs[0].1).unwrap().len();
-    assert_eq!(made_from_spare, seg, "the first segment was the spare");
+    let made_from_spare = std::fs::metadata(&segs[1].1).unwrap().len();
+    assert_eq!(made_from_spare, seg, "the second segment was the spare");
     assert!(
         stats.bytes_on_disk < 2 * seg,
         "live bytes, not file lengths: {stats:?}"
@@ -115,6 +140,9 @@ async fn a_leftover_spare_is_deleted_on_open_and_a_fresh_one_prepared() {
 
     std::fs::write(dir.path().join(SPARE_FILE), vec![0xee; 3000]).unwrap();
     let (q, _) = DiskQueue::<()>::open(dir.path(), small_opts()).unwrap();
+    assert_eq!(spare_len(dir.path()), None, "the leftover is gone");
+    // A quarter of the first segment makes the queue busy enough for a fresh spare.
+    fill(&q, 0, 30).await;
     spare_ready(&q, 4096).await;
     let bytes = std::fs::read(dir.path().join(SPARE_FILE)).unwrap();
     assert_eq!(bytes.len(), 4096);
@@ -125,7 +153,8 @@ async fn a_leftover_spare_is_deleted_on_open_and_a_fresh_one_prepared() {
 async fn a_crash_stops_the_preparer_and_reopening_reads_prefilled_segments() {
     let dir = tempfile::tempdir().unwrap();
     let (q, _) = DiskQueue::<()>::open(dir.path(), small_opts()).unwrap();
-    let mut n = 0;
+    let mut n = 30;
+    fill(&q, 0, n).await;
     for _ in 0..20 {
         spare_ready(&q, 4096).await;
         fill(&q, n, 30).await;
