@@ -251,7 +251,8 @@ pub struct Options {
     /// Keep one spare segment file of `segment_bytes` zeros ready, prepared by a background
     /// thread, so that new segments overwrite existing blocks rather than grow a file, which
     /// makes each `fdatasync` about twice as fast (default true). The spare is real disk
-    /// usage: it is prepared only while `bytes on disk + 2 * segment_bytes <= max_bytes`.
+    /// usage: it is prepared only while `bytes on disk + 2 * segment_bytes <= max_bytes`, and
+    /// only once the queue is busy (more than one segment, or a quarter of one written).
     pub preallocate: bool,
 }
 
