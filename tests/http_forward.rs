@@ -326,6 +326,11 @@ async fn a_body_over_the_limit_gets_413_and_is_counted_frame_too_large() {
         .await
         .expect("request");
     assert_eq!(declared.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        declared.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..]),
+        "the unread body must not be taken for a next request on this connection"
+    );
     // A chunked body declares no length: the limit is enforced while reading.
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         (0..4).map(|_| Ok(vec![b'y'; 600])).collect();
@@ -336,6 +341,10 @@ async fn a_body_over_the_limit_gets_413_and_is_counted_frame_too_large() {
         .await
         .expect("request");
     assert_eq!(streamed.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        streamed.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..])
+    );
     let ok = http
         .post(relay.url("api", "/small"))
         .body(vec![b'x'; 1024])

@@ -221,14 +221,24 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl HttpSource {
+    /// Refuses a request before its body was read. Over HTTP/1.1 the answer also closes the
+    /// connection: the unread rest of the body would otherwise be taken for the next request,
+    /// and a client that pools the connection would see it fail under its next request.
     fn refuse(
         &self,
+        http1: bool,
         reason: DropReason,
         status: StatusCode,
         body: &'static str,
     ) -> Response<Full<Bytes>> {
         self.ledger.dropped(reason, 1);
-        respond(status, body)
+        let mut response = respond(status, body);
+        if http1 {
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
     }
 
     fn authorized(&self, request: &Request<Incoming>) -> bool {
@@ -243,8 +253,10 @@ impl HttpSource {
 
     async fn accept(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
         let max_body = self.config.max_body_bytes.as_usize();
+        let http1 = request.version() < http::Version::HTTP_2;
         if !self.authorized(&request) {
             let mut response = self.refuse(
+                http1,
                 DropReason::Unauthorized,
                 StatusCode::UNAUTHORIZED,
                 "missing or wrong bearer token\n",
@@ -262,6 +274,7 @@ impl HttpSource {
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > max_body as u64) {
             return self.refuse(
+                http1,
                 DropReason::FrameTooLarge,
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body over max_body_bytes\n",
@@ -276,6 +289,7 @@ impl HttpSource {
         {
             Err(_) => {
                 return self.refuse(
+                    http1,
                     DropReason::ReadTimeout,
                     StatusCode::REQUEST_TIMEOUT,
                     "body not received in time\n",
@@ -283,6 +297,7 @@ impl HttpSource {
             }
             Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => {
                 return self.refuse(
+                    http1,
                     DropReason::FrameTooLarge,
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "body over max_body_bytes\n",
@@ -290,6 +305,7 @@ impl HttpSource {
             }
             Ok(Err(_)) => {
                 return self.refuse(
+                    http1,
                     DropReason::DecodeError,
                     StatusCode::BAD_REQUEST,
                     "cannot read the body\n",
