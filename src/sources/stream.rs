@@ -7,9 +7,10 @@
 //! the event they are pushing.
 //!
 //! Read loop, one task per connection: read into a `BytesMut`, cut frames with the
-//! [`Decoder`], push each event to the [`Fanout`]. The loop reads nothing while a push waits
-//! (`when_full = "block"`): the socket's receive buffer fills and TCP flow control slows the
-//! producer — nothing is dropped. Timeouts: `idle_timeout` closes a connection that sent nothing
+//! [`Decoder`], and hand the read's events to the [`Fanout`] together (one record in a disk
+//! queue), or one by one to a queue that cannot take them all at once. The loop reads nothing
+//! while a push waits (`when_full = "block"`): the socket's receive buffer fills and TCP flow
+//! control slows the producer — nothing is dropped. Timeouts: `idle_timeout` closes a connection that sent nothing
 //! for that long (off by default: a producer may stay connected for days, quiet at night);
 //! `partial_frame_timeout` closes one that sent part of a frame and stalled, counting the part
 //! as `read_timeout`.
@@ -360,6 +361,9 @@ impl StreamSource {
     /// now, otherwise one by one. Returns whether a push had to be abandoned for shutdown (the
     /// events after it are then counted `shutting_down`, not silently lost).
     async fn push_read(&self, read: &mut Vec<Arc<Event>>, tally: &mut Tally) -> bool {
+        if read.is_empty() {
+            return false;
+        }
         let took = match self.fanout.try_push_all(read) {
             Ok(()) => {
                 tally.delivered += read.len() as u64;
