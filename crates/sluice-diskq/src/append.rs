@@ -15,6 +15,7 @@
 //!   copying records in rarely allocates.
 
 use std::ops::Range;
+use std::time::Instant;
 
 use crate::record::{Prepared, encoded_len};
 use crate::state::{Chunk, Memos, PENDING_LIMIT, SegMeta};
@@ -157,6 +158,7 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
                     end_seq,
                     buf,
                     memos: chunk_memos,
+                    opened: Instant::now(),
                 });
             }
         }

@@ -20,7 +20,7 @@ use tokio::sync::{oneshot, watch};
 use crate::reader::{Entry, Handout};
 use crate::state::{Counters, Progress, ReadCursor, Shared, State};
 use crate::writer::{self, ExitInfo};
-use crate::{Error, Options, RecoveryReport, Seq, Stats, recovery};
+use crate::{Error, LatencyHistogram, Options, RecoveryReport, Seq, Stats, recovery};
 
 /// File name of the directory lock.
 pub const LOCK_FILE: &str = "lock";
@@ -381,6 +381,17 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
     }
 
     /// A snapshot of counters and watermarks.
+    /// The seq the next append will get (cheaper than [`DiskQueue::stats`]).
+    pub fn next_seq(&self) -> Seq {
+        self.shared().state.lock().next_seq
+    }
+
+    /// How long entries waited to become durable: one sample per sync, from the append of the
+    /// oldest entry it covered to the release of its waiters. Since the queue was opened.
+    pub fn sync_latency(&self) -> LatencyHistogram {
+        self.shared().counters.sync_latency.snapshot()
+    }
+
     pub fn stats(&self) -> Stats {
         let sh = self.shared();
         let read_seq = sh.reader.lock().seq;

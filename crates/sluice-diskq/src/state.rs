@@ -23,6 +23,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
@@ -30,6 +31,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::acks::AckSet;
 use crate::bufpool::BufPool;
+use crate::latency::SyncLatency;
 use crate::prep::Spare;
 use crate::{Options, Seq, WriteFailure};
 
@@ -85,6 +87,8 @@ pub(crate) struct Chunk<M> {
     pub end_seq: Seq,
     pub buf: Vec<u8>,
     pub memos: Memos<M>,
+    /// When its first record was appended: where its entries' wait for durability starts.
+    pub opened: Instant,
 }
 
 /// A written chunk kept in memory for readers.
@@ -190,6 +194,8 @@ pub(crate) struct Counters {
     pub checkpoints: AtomicU64,
     pub corrupt_records: AtomicU64,
     pub corrupt_bytes: AtomicU64,
+    /// How long entries waited to become durable, one sample per sync.
+    pub sync_latency: SyncLatency,
 }
 
 impl Counters {

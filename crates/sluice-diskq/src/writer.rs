@@ -54,6 +54,8 @@ struct Writer<M> {
     active: Option<OpenSegment>,
     written: u64,
     durable: u64,
+    /// When the oldest entry written but not yet durable was appended.
+    oldest_unsynced: Option<Instant>,
     last_sync: Instant,
     last_ckpt: Instant,
 }
@@ -89,6 +91,7 @@ pub(crate) fn run<M>(shared: Arc<Shared<M>>, written: u64) -> ExitInfo {
         active: None,
         written,
         durable: written,
+        oldest_unsynced: None,
         last_sync: Instant::now(),
         last_ckpt: Instant::now(),
     };
@@ -288,6 +291,7 @@ impl<M> Writer<M> {
             }
             bytes_total += len;
             self.written = chunk.end_seq;
+            self.oldest_unsynced.get_or_insert(chunk.opened);
             let (bytes, held) = BufPool::freeze(&self.shared.pool, chunk.buf);
             tail.push(Arc::new(TailChunk {
                 segment: chunk.segment,
@@ -369,6 +373,9 @@ impl<M> Writer<M> {
         Counters::add(&self.shared.counters.records_synced, upto - self.durable);
         self.durable = upto;
         self.shared.release_durable(upto);
+        if let Some(opened) = self.oldest_unsynced.take() {
+            self.shared.counters.sync_latency.record(opened.elapsed());
+        }
         if !self.shared.opts.read_before_durable {
             self.shared.notify_readers();
         }

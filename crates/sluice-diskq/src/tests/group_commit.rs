@@ -51,8 +51,16 @@ fn concurrent_appenders_share_fsyncs_and_every_waiter_is_released() {
         "{} fsyncs for {records} records: syncs were not shared",
         stats.fsyncs
     );
+    // One latency sample per sync that released waiters, each at least as long as nothing.
+    let latency = q.sync_latency();
+    assert_eq!(latency.count(), stats.fsyncs);
+    let (p50, max) = (
+        latency.quantile(0.5).unwrap(),
+        latency.quantile(1.0).unwrap(),
+    );
+    assert!(p50 <= max && max <= Duration::from_secs(30));
     eprintln!(
-        "group commit: {records} records, {} fsyncs, {:.1} records per fsync",
+        "group commit: {records} records, {} fsyncs, {:.1} records per fsync, wait p50 {p50:?} max {max:?}",
         stats.fsyncs,
         records as f64 / stats.fsyncs as f64
     );
