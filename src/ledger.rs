@@ -18,9 +18,11 @@
 //! and says whether it managed (`settled`). A settled snapshot that does not balance is a bug.
 //!
 //! Stream sources also list their open [`connections`] (read after the counters settle, so a
-//! busy connection does not keep the snapshot from settling).
+//! busy connection does not keep the snapshot from settling), and disk queues hand their sync
+//! figures to `/metrics` through [`disk_metrics`].
 
 pub mod connections;
+pub mod disk_metrics;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
@@ -201,7 +203,7 @@ struct Families {
 pub struct Ledger {
     registry: Registry,
     families: Families,
-    components: Mutex<Vec<Arc<ComponentLedger>>>,
+    components: Arc<Mutex<Vec<Arc<ComponentLedger>>>>,
     started: Instant,
 }
 
@@ -276,10 +278,14 @@ impl Ledger {
             "Connections closed because the source was at max_connections",
             families.connections_rejected.clone(),
         );
+        let components = Arc::new(Mutex::new(Vec::new()));
+        registry.register_collector(Box::new(disk_metrics::DiskQueueCollector {
+            components: components.clone(),
+        }));
         Self {
             registry,
             families,
-            components: Mutex::new(Vec::new()),
+            components,
             started: Instant::now(),
         }
     }
@@ -325,6 +331,7 @@ impl Ledger {
             connections_rejected: f.connections_rejected.get_or_create(&labels).clone(),
             connections: ConnectionRegistry::default(),
             queue_detail: OnceLock::new(),
+            disk_figures: OnceLock::new(),
         });
         self.components.lock().push(component.clone());
         component
@@ -386,6 +393,8 @@ pub struct ComponentLedger {
     pub connections: ConnectionRegistry,
     /// A sink's queue describing itself at `/stats` (the disk queue's syncs, segments, …).
     pub queue_detail: OnceLock<QueueDetail>,
+    /// A sink's disk queue handing its sync figures to `/metrics`.
+    pub disk_figures: OnceLock<disk_metrics::DiskFiguresProbe>,
 }
 
 /// Reads a queue's own figures for `/stats`.

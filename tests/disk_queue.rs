@@ -2,7 +2,8 @@
 //! (the process starts, says what it skipped, counts it, and delivers the rest), a full queue
 //! (`block` holds producers up to `accept_timeout`, `drop_newest` refuses at once), a disk that
 //! runs out of space (503, `io_error`, nothing acknowledged that is not stored), and the ack
-//! points of the HTTP source (`received`, `durable`, `delivered`).
+//! points of the HTTP source (`received`, `durable`, `delivered`), and what the syncs behind
+//! durable acks show on `/metrics` and `/stats`.
 //!
 //! Every test checks what the producer was told, what the upstream got, and the ledger.
 
@@ -973,5 +974,59 @@ async fn ack_received_with_a_disk_queue_answers_without_waiting_for_the_sync() {
     let stats = relay.wait_idle_and_balanced().await;
     assert_eq!(count(component(&stats, "upstream"), "delivered"), 20);
     wait_until("no more deliveries", || upstream.count() == 20).await;
+    assert_eq!(relay.terminate().await, Some(0), "{}", relay.log_text());
+}
+
+/// The value of the sample `name{component="upstream"}` in a Prometheus text exposition.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    let prefix = format!("{name}{{component=\"upstream\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_acks_share_syncs_and_the_syncs_show_on_metrics_and_stats() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let upstream = Upstream::start().await;
+    let config = http_relay_config(
+        &upstream.url(),
+        "",
+        r#"queue = { type = "disk", sync = "always" }"#,
+    );
+    let mut relay = Sluice::start(dir.path(), &config).await;
+    let events = 64;
+    // Eight producers at a time, each answered only after the sync that covered its event.
+    send_all(&relay, &bodies("synced", events, 100)).await;
+    upstream.wait_for(events).await;
+    relay.wait_idle_and_balanced().await;
+
+    let text = relay.metrics().await;
+    let fsyncs = metric(&text, "sluice_queue_fsyncs_total").expect("fsyncs on /metrics");
+    let synced = metric(&text, "sluice_queue_events_synced_total").expect("events synced");
+    let waits = metric(&text, "sluice_queue_sync_seconds_count").expect("sync latency");
+    assert_eq!(synced, events as f64, "{text}");
+    assert!((1.0..=events as f64).contains(&fsyncs), "{text}");
+    assert_eq!(
+        waits, fsyncs,
+        "one latency sample per sync that released waiters"
+    );
+    let everything = text.lines().any(|line| {
+        line.starts_with("sluice_queue_sync_seconds_bucket{")
+            && line.contains(r#"le="+Inf""#)
+            && line.contains(r#"component="upstream""#)
+            && line.ends_with(&format!(" {waits}"))
+    });
+    assert!(everything, "the +Inf bucket holds every sample: {text}");
+    assert!(metric(&text, "sluice_queue_disk_bytes").is_some(), "{text}");
+
+    let stats = relay.stats().await;
+    let queue = &component(&stats, "upstream")["queue"];
+    assert_eq!(queue["fsyncs"].as_f64(), Some(fsyncs));
+    let (p50, p99) = (&queue["sync_wait_ms"]["p50"], &queue["sync_wait_ms"]["p99"]);
+    assert!(
+        p50.as_f64().is_some_and(|p50| p50 > 0.0) && p99.as_f64() >= p50.as_f64(),
+        "{queue}"
+    );
     assert_eq!(relay.terminate().await, Some(0), "{}", relay.log_text());
 }

@@ -267,6 +267,16 @@ impl Sluice {
             .expect("/stats is JSON")
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let response = client()
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .expect("GET /metrics");
+        response.text().await.expect("/metrics body")
+    }
+
     /// Waits until `check` holds for `/stats`, or fails the test with the last stats.
     pub async fn wait_for(&self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
         let deadline = tokio::time::Instant::now() + PATIENCE;

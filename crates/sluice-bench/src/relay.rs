@@ -261,6 +261,11 @@ pub struct Ledger {
     pub sink_queued: u64,
     pub sink_in_flight: u64,
     pub balanced: Option<bool>,
+    /// `fdatasync`s of the sinks' disk queues, and the events they made durable.
+    pub fsyncs: u64,
+    pub events_synced: u64,
+    /// The slowest disk queue's p99 wait for a sync (per sync, its oldest event), if any.
+    pub sync_wait_p99_ms: Option<f64>,
     /// The whole `/stats` document, for `--json`.
     #[serde(skip_serializing_if = "serde_json::Value::is_null")]
     pub raw: serde_json::Value,
@@ -291,6 +296,15 @@ impl Ledger {
                     l.sink_dropped += num(c.get("dropped"));
                     l.sink_queued += num(c.get("queued"));
                     l.sink_in_flight += num(c.get("in_flight"));
+                    if let Some(q) = c.get("queue") {
+                        l.fsyncs += num(q.get("fsyncs"));
+                        l.events_synced += num(q.get("records_synced"));
+                        let p99 = q.pointer("/sync_wait_ms/p99").and_then(|p| p.as_f64());
+                        l.sync_wait_p99_ms = match (l.sync_wait_p99_ms, p99) {
+                            (Some(a), Some(b)) => Some(a.max(b)),
+                            (a, b) => a.or(b),
+                        };
+                    }
                 }
                 _ => {}
             }
@@ -331,7 +345,10 @@ mod tests {
             "components": [
                 {"name": "in", "kind": "source", "type": "http", "received": 10},
                 {"name": "out", "kind": "sink", "received": 10, "delivered": 7,
-                 "dropped": {"queue_full": 2, "rejected": 1}, "queued": 0},
+                 "dropped": {"queue_full": 2, "rejected": 1}, "queued": 0,
+                 "queue": {"type": "disk", "fsyncs": 4, "records_synced": 10,
+                           "sync_wait_ms": {"p50": 0.3, "p99": 1.5, "max": 2.0}}},
+                {"name": "mem", "kind": "sink", "received": 0, "queue": {"type": "memory"}},
                 {"name": "odd", "kind": "sink", "received": "ten"}
             ],
             "balanced": true
@@ -349,6 +366,9 @@ mod tests {
                 sink_queued: 0,
                 sink_in_flight: 0,
                 balanced: Some(true),
+                fsyncs: 4,
+                events_synced: 10,
+                sync_wait_p99_ms: Some(1.5),
                 raw: serde_json::Value::Null,
             }
         );

@@ -57,6 +57,12 @@ pub struct RunResult {
     pub garbage: u64,
     pub bad_bodies: u64,
     pub drain_secs: Option<f64>,
+    /// With a disk queue: its `fdatasync`s per second of the run, events per `fdatasync`, and
+    /// the p99 wait for a sync (per sync, of the oldest event it covered: the durable ack's
+    /// wait, as an upper bound).
+    pub fsyncs_per_sec: Option<f64>,
+    pub events_per_fsync: Option<f64>,
+    pub sync_wait_p99_us: Option<f64>,
     pub ledger: Option<Ledger>,
     /// Missing (lost or refused) minus what the relay's ledger says it dropped: 0 when every
     /// event that did not arrive is accounted for.
@@ -119,6 +125,7 @@ impl RunResult {
         let unaccounted = ledger
             .as_ref()
             .map(|l| t.missing as i64 - l.sink_dropped as i64);
+        let synced = ledger.as_ref().filter(|l| l.fsyncs > 0);
         RunResult {
             scenario: plan.scenario,
             target,
@@ -155,6 +162,11 @@ impl RunResult {
             drain_secs: outage_end_ns
                 .zip(t.backlog_drained_ns)
                 .map(|(end, last)| last.saturating_sub(end) as f64 / 1e9),
+            fsyncs_per_sec: synced
+                .filter(|_| window_s > 0.0)
+                .map(|l| l.fsyncs as f64 / window_s),
+            events_per_fsync: synced.map(|l| l.events_synced as f64 / l.fsyncs as f64),
+            sync_wait_p99_us: synced.and_then(|l| l.sync_wait_p99_ms).map(|ms| ms * 1e3),
             ledger,
             unaccounted,
             timeline,
@@ -221,6 +233,9 @@ pub struct Summary {
     pub harness_cpu_us_per_event: Option<Spread>,
     pub peak_rss_mib: Option<Spread>,
     pub drain_secs: Option<Spread>,
+    pub fsyncs_per_sec: Option<Spread>,
+    pub events_per_fsync: Option<Spread>,
+    pub sync_wait_p99_us: Option<Spread>,
     /// Totals over all runs.
     pub sent: u64,
     pub refused: u64,
@@ -256,6 +271,9 @@ impl Summary {
             harness_cpu_us_per_event: s(&|r| r.harness_cpu_us_per_event),
             peak_rss_mib: s(&|r| r.peak_rss_mib),
             drain_secs: s(&|r| r.drain_secs),
+            fsyncs_per_sec: s(&|r| r.fsyncs_per_sec),
+            events_per_fsync: s(&|r| r.events_per_fsync),
+            sync_wait_p99_us: s(&|r| r.sync_wait_p99_us),
             sent: rows.iter().map(|r| r.sent).sum(),
             refused: rows.iter().map(|r| r.rejected + r.send_errors).sum(),
             lost: rows.iter().map(|r| r.lost).sum(),
@@ -388,6 +406,15 @@ pub fn table(rows: &[RunResult], summaries: &[Summary]) -> String {
                 lat(s.producer_outage_p99_us),
                 cell(s.drain_secs),
                 s.relay_dropped,
+            ));
+        }
+        if s.fsyncs_per_sec.is_some() {
+            out.push_str(&format!(
+                "  durability: {} fsyncs/s, {} events per fsync, sync wait p99 {} \
+                 (per sync, its oldest event: the durable ack's wait, at most)\n",
+                cell(s.fsyncs_per_sec),
+                cell(s.events_per_fsync),
+                lat(s.sync_wait_p99_us),
             ));
         }
     }
