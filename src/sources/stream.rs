@@ -20,6 +20,7 @@
 //! not per event, to keep shared counters off the hot path. A partial frame cut off by
 //! shutdown is counted `shutting_down`; one cut off by a reset connection `decode_error`.
 
+use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::net::SocketAddr;
@@ -46,6 +47,10 @@ use crate::log_throttle::Throttle;
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 64 * 1024;
+/// With `ack = durable`, how many reads of one connection may wait for their sync while it
+/// reads on. One read behind let a connection append only once per sync; two measured 8–15 %
+/// more events/s in S2 at no more CPU per event, and four measured worse (smaller reads).
+const DURABLE_WINDOW: usize = 2;
 /// Below this much spare room the buffer grows before the next read.
 const MIN_READ: usize = 4 * 1024;
 /// A push waits this long at most; sockets rely on TCP flow control, not on a deadline.
@@ -233,7 +238,8 @@ impl StreamSource {
         let connection = self.ledger.connections.open(peer.label);
         let mut decoder = Decoder::new(self.framing, self.max_frame_bytes);
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
-        let mut unsynced = None;
+        // ack = durable: the sync marks of the reads not yet known to be synced, oldest first.
+        let mut unsynced = VecDeque::with_capacity(DURABLE_WINDOW + 1);
         // The events of one read, handed to the queues together.
         let mut of_read = Vec::new();
         let end = loop {
@@ -271,13 +277,17 @@ impl StreamSource {
             if abandoned {
                 break End::Shutdown;
             }
-            // ack = durable: before the next read, what the previous read held is synced, so at
-            // most one read per connection is ever unsynced, and TCP flow control carries the
-            // disk's pace back to the producer. Waiting one read behind lets appending overlap
-            // syncing; one sync serves every connection waiting at that moment.
+            // ack = durable: before the next read, all but the last DURABLE_WINDOW reads are
+            // synced, so TCP flow control carries the disk's pace back to the producer. Waiting
+            // reads behind lets appending overlap syncing; one sync serves every connection
+            // waiting at that moment. Marks are watermarks: waiting on one covers the older.
             if self.durable && events > 0 {
-                let mark = self.fanout.sync_marks();
-                if let Some(previous) = unsynced.replace(mark) {
+                unsynced.push_back(self.fanout.sync_marks());
+                let mut due = None;
+                while unsynced.len() > DURABLE_WINDOW {
+                    due = unsynced.pop_front();
+                }
+                if let Some(previous) = due {
                     if let Err(reason) = self.fanout.wait_marks(&previous).await {
                         self.warn(
                             &connection.peer,
