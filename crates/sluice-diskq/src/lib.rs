@@ -254,7 +254,10 @@ pub struct Options {
     /// thread, so that new segments overwrite existing blocks rather than grow a file, which
     /// makes each `fdatasync` about twice as fast (default true). The spare is real disk
     /// usage: it is prepared only while `bytes on disk + 2 * segment_bytes <= max_bytes`, and
-    /// only once the queue is busy (more than one segment, or a quarter of one written).
+    /// only once the queue is busy (more than one segment, or a quarter of one written). And
+    /// only while syncs are small (under 128 KiB on average since the preparer last looked):
+    /// zero-filling costs about as much as writing the data, so for large group commits it
+    /// costs more than it saves.
     pub preallocate: bool,
 }
 

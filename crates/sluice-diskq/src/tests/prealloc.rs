@@ -1,5 +1,6 @@
-//! Zero-filled spare segments: prepared in the background only when there is room, turned
-//! into the next segment at rollover, replaced, and cleaned up on open and on close.
+//! Zero-filled spare segments: prepared in the background only when there is room and syncs
+//! are small, turned into the next segment at rollover, replaced, and cleaned up on open and
+//! on close.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -176,4 +177,41 @@ async fn a_crash_stops_the_preparer_and_reopening_reads_prefilled_segments() {
     let (q, report) = DiskQueue::<()>::open(dir.path(), small_opts()).unwrap();
     assert!(report.skipped.is_empty(), "{report}");
     assert_eq!(drain(&q).len() as u64, n + 10);
+}
+
+#[tokio::test]
+async fn large_syncs_prepare_no_spare_and_small_ones_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = 1 << 20;
+    let opts = Options {
+        max_bytes: 16 << 20,
+        segment_bytes: seg,
+        max_record_bytes: 1 << 20,
+        ..small_opts()
+    };
+    let (q, _) = DiskQueue::<()>::open(dir.path(), opts).unwrap();
+    // Group commits of 200 KiB each, past a quarter of the segment: busy, but the zeros would
+    // cost more than the syncs they speed up.
+    let mut batch = crate::RecordBatch::new();
+    for _ in 0..200 {
+        batch.push(&[7u8; 1024]);
+    }
+    for _ in 0..3 {
+        let seqs = q.append_batch(&batch, Vec::new()).unwrap();
+        q.wait_durable(seqs.end - 1).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(spare_len(dir.path()), None, "{:?}", q.stats());
+    assert_eq!(q.stats().spare_bytes, 0);
+    // Small syncs from then on: the preparer's next look (within a second) prepares one.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for i in 0.. {
+        let seq = q.append(&super::payload(i)).unwrap();
+        q.wait_durable(seq).await.unwrap();
+        if q.stats().spare_bytes == seg {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no spare: {:?}", q.stats());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
