@@ -132,14 +132,7 @@ async fn an_upstream_that_is_down_is_retried_until_it_comes_back() {
         })
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let metrics = http
-        .get(relay.url("admin", "/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = relay.metrics().await;
     assert!(
         metrics.contains(
             "sluice_delivery_attempts_total{component=\"upstream\",outcome=\"connection_error\"}"

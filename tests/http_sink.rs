@@ -152,14 +152,7 @@ async fn ready_health_and_metrics_answer_on_the_admin_listener() {
             .expect("admin");
         assert_eq!(response.status(), StatusCode::OK, "{path}");
     }
-    let metrics = http
-        .get(relay.url("admin", "/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = relay.metrics().await;
     for name in [
         "sluice_events_received_total",
         "sluice_events_delivered_total",

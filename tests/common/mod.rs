@@ -73,6 +73,16 @@ impl TestRelay {
             .expect("stats are JSON")
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let response = client()
+            .get(self.url("admin", "/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics");
+        response.text().await.expect("/metrics body")
+    }
+
     /// The `/stats` entry of one component.
     pub async fn component(&self, name: &str) -> Value {
         let stats = self.stats().await;
