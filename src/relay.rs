@@ -241,6 +241,7 @@ fn open_queue(
             max_record_bytes: u32::try_from(q.max_event_bytes(max_bytes).0).unwrap_or(u32::MAX),
             sync: q.sync().policy(),
             preallocate: q.preallocate.unwrap_or(true),
+            direct_io: q.direct_io.unwrap_or(true),
         };
         DiskQueue::open(&dir, options, q.when_full, ledger.clone()).with_context(|| {
             format!(

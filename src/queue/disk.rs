@@ -69,6 +69,7 @@ pub struct DiskOptions {
     pub max_record_bytes: u32,
     pub sync: SyncPolicy,
     pub preallocate: bool,
+    pub direct_io: bool,
 }
 
 impl DiskQueue {
@@ -85,6 +86,7 @@ impl DiskQueue {
             sync: options.sync,
             segment_bytes: (options.max_bytes / 8).clamp(1 << 20, 64 << 20),
             preallocate: options.preallocate,
+            direct_io: options.direct_io,
             ..Options::default()
         };
         let (log, report) = sluice_diskq::DiskQueue::<Arc<Event>>::open(dir, opts)?;
@@ -121,6 +123,8 @@ impl DiskQueue {
                 // Per sync, the wait of the oldest event it covered (bucket upper bounds, ±25 %).
                 "sync_wait_ms": { "p50": ms(0.5), "p99": ms(0.99), "max": ms(1.0) },
                 "checkpoints": s.checkpoints,
+                // Events read back from segment files: the sink fell behind the in-memory tail.
+                "file_read_records": s.file_read_entries,
                 "preallocated_segments": s.preallocated_segments,
                 "spare_bytes": s.spare_bytes,
                 "corrupt_records": s.corrupt_records,

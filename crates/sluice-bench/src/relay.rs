@@ -264,6 +264,8 @@ pub struct Ledger {
     /// `fdatasync`s of the sinks' disk queues, and the events they made durable.
     pub fsyncs: u64,
     pub events_synced: u64,
+    /// Events the sinks read back from their disk queues' files, not from memory.
+    pub file_read_events: u64,
     /// The slowest disk queue's p99 wait for a sync (per sync, its oldest event), if any.
     pub sync_wait_p99_ms: Option<f64>,
     /// The whole `/stats` document, for `--json`.
@@ -299,6 +301,7 @@ impl Ledger {
                     if let Some(q) = c.get("queue") {
                         l.fsyncs += num(q.get("fsyncs"));
                         l.events_synced += num(q.get("records_synced"));
+                        l.file_read_events += num(q.get("file_read_records"));
                         let p99 = q.pointer("/sync_wait_ms/p99").and_then(|p| p.as_f64());
                         l.sync_wait_p99_ms = match (l.sync_wait_p99_ms, p99) {
                             (Some(a), Some(b)) => Some(a.max(b)),
@@ -347,6 +350,7 @@ mod tests {
                 {"name": "out", "kind": "sink", "received": 10, "delivered": 7,
                  "dropped": {"queue_full": 2, "rejected": 1}, "queued": 0,
                  "queue": {"type": "disk", "fsyncs": 4, "records_synced": 10,
+                           "file_read_records": 3,
                            "sync_wait_ms": {"p50": 0.3, "p99": 1.5, "max": 2.0}}},
                 {"name": "mem", "kind": "sink", "received": 0, "queue": {"type": "memory"}},
                 {"name": "odd", "kind": "sink", "received": "ten"}
@@ -368,6 +372,7 @@ mod tests {
                 balanced: Some(true),
                 fsyncs: 4,
                 events_synced: 10,
+                file_read_events: 3,
                 sync_wait_p99_ms: Some(1.5),
                 raw: serde_json::Value::Null,
             }

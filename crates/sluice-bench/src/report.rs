@@ -63,6 +63,9 @@ pub struct RunResult {
     pub fsyncs_per_sec: Option<f64>,
     pub events_per_fsync: Option<f64>,
     pub sync_wait_p99_us: Option<f64>,
+    /// With a disk queue: the share of events its sink read back from files (it fell behind
+    /// the queue's in-memory tail), in percent.
+    pub file_read_pct: Option<f64>,
     pub ledger: Option<Ledger>,
     /// Missing (lost or refused) minus what the relay's ledger says it dropped: 0 when every
     /// event that did not arrive is accounted for.
@@ -167,6 +170,9 @@ impl RunResult {
                 .map(|l| l.fsyncs as f64 / window_s),
             events_per_fsync: synced.map(|l| l.events_synced as f64 / l.fsyncs as f64),
             sync_wait_p99_us: synced.and_then(|l| l.sync_wait_p99_ms).map(|ms| ms * 1e3),
+            file_read_pct: synced
+                .filter(|l| l.events_synced > 0)
+                .map(|l| 100.0 * l.file_read_events as f64 / l.events_synced as f64),
             ledger,
             unaccounted,
             timeline,
@@ -236,6 +242,7 @@ pub struct Summary {
     pub fsyncs_per_sec: Option<Spread>,
     pub events_per_fsync: Option<Spread>,
     pub sync_wait_p99_us: Option<Spread>,
+    pub file_read_pct: Option<Spread>,
     /// Totals over all runs.
     pub sent: u64,
     pub refused: u64,
@@ -274,6 +281,7 @@ impl Summary {
             fsyncs_per_sec: s(&|r| r.fsyncs_per_sec),
             events_per_fsync: s(&|r| r.events_per_fsync),
             sync_wait_p99_us: s(&|r| r.sync_wait_p99_us),
+            file_read_pct: s(&|r| r.file_read_pct),
             sent: rows.iter().map(|r| r.sent).sum(),
             refused: rows.iter().map(|r| r.rejected + r.send_errors).sum(),
             lost: rows.iter().map(|r| r.lost).sum(),
@@ -411,10 +419,12 @@ pub fn table(rows: &[RunResult], summaries: &[Summary]) -> String {
         if s.fsyncs_per_sec.is_some() {
             out.push_str(&format!(
                 "  durability: {} fsyncs/s, {} events per fsync, sync wait p99 {} \
-                 (per sync, its oldest event: the durable ack's wait, at most)\n",
+                 (per sync, its oldest event: the durable ack's wait, at most); \
+                 {} % of events read back from files\n",
                 cell(s.fsyncs_per_sec),
                 cell(s.events_per_fsync),
                 lat(s.sync_wait_p99_us),
+                cell(s.file_read_pct),
             ));
         }
     }

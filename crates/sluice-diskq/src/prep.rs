@@ -20,14 +20,18 @@
 //!   queue smaller than two segments never prepares one; and only once the queue is busy (it
 //!   holds more than one segment, or its only one is a quarter full), so a mostly idle queue
 //!   never takes two whole segments of disk for a few events.
-//! - Only for small syncs: since the last look, the writer's syncs averaged less than
-//!   [`SMALL_SYNC_BYTES`]. Zero-filling costs about what writing the data costs (the kernel
-//!   copies every byte into the page cache and writes it back), and saves a fixed amount per
-//!   sync (the inode update and block allocation of a growing file). With many small syncs
-//!   (one HTTP request per durable ack) that halves the ack's wait; with few large ones (TCP
-//!   reads of 64 KiB, group commits of hundreds of KiB) the zeros cost more than they save:
-//!   S2 ran 18 % faster without them, at 15 % less CPU per event. No syncs at all
-//!   (`SyncPolicy::Never`, or an idle queue) means no spare either.
+//! - With direct I/O (see `direct.rs`) the zeros are written with `O_DIRECT` too, which costs
+//!   next to no CPU, and synced once at the end; a spare is then always worth its disk
+//!   bandwidth, since every sync of a growing file also writes the inode (on ext4 without a
+//!   journal, a second synchronous write per sync).
+//! - Through the page cache, only for small syncs: since the last look, the writer's syncs
+//!   averaged less than [`SMALL_SYNC_BYTES`]. Zero-filling then costs about what writing the
+//!   data costs (the kernel copies every byte into the page cache and writes it back), and
+//!   saves a fixed amount per sync (the inode update and block allocation of a growing file).
+//!   With many small syncs (one HTTP request per durable ack) that halves the ack's wait; with
+//!   few large ones (TCP reads of 64 KiB, group commits of hundreds of KiB) the zeros cost
+//!   more than they save: S2 ran 18 % faster without them, at 15 % less CPU per event. No
+//!   syncs at all (`SyncPolicy::Never`, or an idle queue) means no spare either.
 //! - Errors (a full disk, an I/O error) delete the spare, are logged once per streak, and back
 //!   off for 10 s. They never poison the queue or affect appends: the writer then just creates
 //!   its segments by growing them.
@@ -43,6 +47,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use crate::direct::{self, AlignedBuf};
 use crate::state::{Counters, Shared};
 
 /// File name of the spare segment.
@@ -175,7 +180,7 @@ pub(crate) fn crossed_busy_mark(before: u64, after: u64, segment_bytes: u64) -> 
 pub(crate) fn run<M>(shared: Arc<Shared<M>>) {
     let spare = &shared.spare;
     let path = shared.dir.join(SPARE_FILE);
-    let mut zeros = Vec::new();
+    let mut zeros = None;
     let mut retry_at: Option<Instant> = None;
     let mut warned = false;
     let mut last_look = LastLook::default();
@@ -193,18 +198,25 @@ pub(crate) fn run<M>(shared: Arc<Shared<M>>) {
                 }
                 let now = Instant::now();
                 let waiting = retry_at.is_some_and(|t| now < t);
-                if !*ready && !waiting && room(&shared) && syncs_are_small(&shared, &mut last_look)
-                {
+                // Zeros written directly cost next to no CPU, so their size rule is only for
+                // the page cache's.
+                let worth_it = shared.direct_io || syncs_are_small(&shared, &mut last_look);
+                if !*ready && !waiting && room(&shared) && worth_it {
                     break;
                 }
                 let until = retry_at.filter(|t| *t > now).unwrap_or(now + RECHECK);
                 spare.wake.wait_until(&mut ready, until);
             }
         }
-        if zeros.is_empty() {
-            zeros = vec![0u8; WRITE_PIECE];
-        }
-        match prepare(spare, &path, shared.opts.segment_bytes, &zeros) {
+        let zeros = zeros.get_or_insert_with(|| AlignedBuf::new(WRITE_PIECE));
+        let direct = shared.direct_io;
+        match prepare(
+            spare,
+            &path,
+            shared.opts.segment_bytes,
+            zeros.as_slice(),
+            direct,
+        ) {
             Ok(true) => {
                 *spare.ready.lock() = true;
                 warned = false;
@@ -228,20 +240,21 @@ pub(crate) fn run<M>(shared: Arc<Shared<M>>) {
     }
 }
 
-/// Writes `len` zero bytes to a fresh spare at `path` and syncs it. Returns false if told to
-/// stop halfway.
+/// Writes `len` zero bytes to a fresh spare at `path` and syncs it (with `direct`, through
+/// `O_DIRECT`, from the block-aligned `zeros`). Returns false if told to stop halfway.
 fn prepare(
     spare: &Spare,
     path: &Path,
     len: u64,
     zeros: &[u8],
+    direct: bool,
 ) -> Result<bool, (&'static str, std::io::Error)> {
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| ("create", e))?;
+    let mut opts = OpenOptions::new();
+    opts.create(true).truncate(true).write(true);
+    if direct {
+        direct::set_direct(&mut opts);
+    }
+    let file = opts.open(path).map_err(|e| ("create", e))?;
     let mut at = 0u64;
     let mut unsynced = 0u64;
     while at < len {
@@ -254,7 +267,9 @@ fn prepare(
         at += n;
         spare.bytes.store(at, Ordering::Relaxed);
         unsynced += n;
-        if unsynced >= SYNC_EVERY || at == len {
+        // Direct writes are on the device when they return: one sync at the end flushes its
+        // cache. Through the page cache, writeback comes in bursts of `SYNC_EVERY`.
+        if (unsynced >= SYNC_EVERY && !direct) || at == len {
             file.sync_data().map_err(|e| ("fdatasync", e))?;
             unsynced = 0;
         }

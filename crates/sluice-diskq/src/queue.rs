@@ -20,7 +20,7 @@ use tokio::sync::{oneshot, watch};
 use crate::reader::{Entry, Handout};
 use crate::state::{Counters, Progress, ReadCursor, Shared, State};
 use crate::writer::{self, ExitInfo};
-use crate::{Error, LatencyHistogram, Options, RecoveryReport, Seq, Stats, recovery};
+use crate::{Error, LatencyHistogram, Options, RecoveryReport, Seq, Stats, SyncPolicy, recovery};
 
 /// File name of the directory lock.
 pub const LOCK_FILE: &str = "lock";
@@ -178,7 +178,10 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
         });
         let (space, _) = watch::channel(0u64);
         let (readable, _) = watch::channel(());
+        let direct_io =
+            opts.direct_io && opts.sync == SyncPolicy::Always && crate::direct::supported(&dir);
         let shared = Arc::new(Shared {
+            direct_io,
             dir,
             opts,
             state: Mutex::new(state),
@@ -415,6 +418,7 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
             checkpoints: Counters::get(&c.checkpoints),
             corrupt_records: Counters::get(&c.corrupt_records),
             corrupt_bytes: Counters::get(&c.corrupt_bytes),
+            file_read_entries: Counters::get(&c.file_read_entries),
             write_failed: p.failed.is_some(),
             preallocated_segments: Counters::get(&sh.spare.used),
             spare_bytes: Counters::get(&sh.spare.bytes),

@@ -127,7 +127,12 @@ pub(crate) fn try_read<M, T: Handout<M>>(
             take_from_chunk(&mut cur, &chunk, &mut batch, visible);
         }
         if cur.seq == before {
+            let had = batch.out.len();
             read_from_file(sh, &mut cur, &mut batch, visible)?;
+            Counters::add(
+                &sh.counters.file_read_entries,
+                (batch.out.len() - had) as u64,
+            );
         }
     }
 }

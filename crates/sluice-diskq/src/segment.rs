@@ -19,7 +19,7 @@
 //!   it report the skipped bytes as [`Item::Corrupt`]. If nothing valid follows, the rest of
 //!   the file is an [`Item::Tail`] (a torn write in the last segment, corruption otherwise).
 //! - **Zeros are unused space.** Segments may be created from a zero-filled spare (see
-//!   `prep.rs`), so from a record boundary, bytes that are all zero up to the end of the file
+//!   `prep.rs`), and direct I/O pads a segment's last block with zeros (see `direct.rs`), so from a record boundary, bytes that are all zero up to the end of the file
 //!   are [`Item::Unused`]: the segment's live data ends there, cleanly. An all-zero header is
 //!   never a valid record (its checksum field, 0, never matches: CRC-32C of eight zero bytes
 //!   is not 0), so this cannot hide a record. Anything else that is not a record — including

@@ -194,6 +194,8 @@ pub(crate) struct Counters {
     pub checkpoints: AtomicU64,
     pub corrupt_records: AtomicU64,
     pub corrupt_bytes: AtomicU64,
+    /// Entries handed to readers from segment files, not from the in-memory tail.
+    pub file_read_entries: AtomicU64,
     /// How long entries waited to become durable, one sample per sync.
     pub sync_latency: SyncLatency,
 }
@@ -228,6 +230,9 @@ pub(crate) struct Shared<M> {
     /// The zero-filled spare segment and its preparer's controls.
     pub spare: Spare,
     pub counters: Counters,
+    /// Whether segment files are written with `O_DIRECT` (see `direct.rs`): asked for, under
+    /// `SyncPolicy::Always`, and the filesystem takes it. Decided once at open.
+    pub direct_io: bool,
     /// Held for the queue's lifetime: dropping it releases the directory lock.
     pub _lock: File,
 }

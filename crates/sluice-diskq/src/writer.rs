@@ -17,13 +17,14 @@
 //!   a rolled-over segment is as durable as its records and close() only syncs the active one.
 //! - A segment is deleted only after a checkpoint at or above its last seq is durable.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::bufpool::BufPool;
+use crate::direct::{self, DirectStage};
 use crate::state::{Counters, Shared, TailChunk};
 use crate::{SyncPolicy, WriteFailure, checkpoint, segment};
 
@@ -58,6 +59,8 @@ struct Writer<M> {
     oldest_unsynced: Option<Instant>,
     last_sync: Instant,
     last_ckpt: Instant,
+    /// Stages writes into aligned blocks when segments are written with `O_DIRECT`.
+    direct: Option<DirectStage>,
 }
 
 /// Publishes a failure if the writer thread unwinds, so no waiter hangs forever.
@@ -94,7 +97,11 @@ pub(crate) fn run<M>(shared: Arc<Shared<M>>, written: u64) -> ExitInfo {
         oldest_unsynced: None,
         last_sync: Instant::now(),
         last_ckpt: Instant::now(),
+        direct: None,
     };
+    if shared.direct_io {
+        w.direct = Some(DirectStage::default());
+    }
     w.run()
 }
 
@@ -166,7 +173,7 @@ impl<M> Writer<M> {
             };
             if sync_now {
                 // A no-op if nothing was written since the last sync.
-                self.sync();
+                self.sync(force);
             } else if self.shared.opts.sync == SyncPolicy::Never {
                 self.publish_durable(self.written);
             }
@@ -223,8 +230,11 @@ impl<M> Writer<M> {
         }
         // Even under `Never`: one sync per segment keeps close() able to sync everything by
         // syncing only the active file, and costs nothing next to a segment's worth of writes.
-        if self.active.is_some() && !self.sync_file() {
+        if self.active.is_some() && !self.sync_file(true) {
             return false;
+        }
+        if let Some(stage) = self.direct.as_mut() {
+            stage.reset();
         }
         let path = segment::segment_path(&self.shared.dir, first);
         let existed = path.exists();
@@ -232,12 +242,7 @@ impl<M> Writer<M> {
             // Either way the directory is synced below, which makes the rename durable too.
             self.shared.spare.take(&self.shared.dir, &path);
         }
-        let file = match OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-        {
+        let file = match direct::open_for_write(&path, self.direct.is_some()) {
             Ok(f) => f,
             Err(e) => {
                 self.fail("create", path, None, e);
@@ -274,7 +279,11 @@ impl<M> Writer<M> {
             let Some(seg) = self.active.as_mut() else {
                 return;
             };
-            if let Err(e) = seg.file.write_all_at(&chunk.buf, chunk.offset) {
+            let wrote = match self.direct.as_mut() {
+                Some(stage) => stage.write_at(&seg.file, &chunk.buf, chunk.offset),
+                None => seg.file.write_all_at(&chunk.buf, chunk.offset),
+            };
+            if let Err(e) = wrote {
                 let path = seg.path.clone();
                 self.fail("write", path, Some(chunk.offset), e);
                 return;
@@ -302,6 +311,9 @@ impl<M> Writer<M> {
                 held,
                 memos: parking_lot::Mutex::new(chunk.memos),
             }));
+        }
+        if !self.flush_direct() {
+            return;
         }
         Counters::add(&self.shared.counters.bytes_written, bytes_total);
         let limit = self.shared.opts.read_cache_bytes;
@@ -341,12 +353,46 @@ impl<M> Writer<M> {
         }
     }
 
-    /// `fdatasync`s the open segment. Returns false on failure.
-    fn sync_file(&mut self) -> bool {
+    /// Writes what the direct-I/O stage holds for the open segment. Returns false on failure.
+    fn flush_direct(&mut self) -> bool {
+        let (Some(stage), Some(seg)) = (self.direct.as_mut(), self.active.as_ref()) else {
+            return true;
+        };
+        if let Err(e) = stage.flush(&seg.file) {
+            let path = seg.path.clone();
+            self.fail("write", path, None, e);
+            return false;
+        }
+        true
+    }
+
+    /// `fdatasync`s the open segment. With `seal` (the writer leaves the segment: roll-over or
+    /// close), it first trims direct I/O's zero padding, so a segment the writer is done with
+    /// is exactly as long as its records (unless it was made from a spare). Returns false on
+    /// failure.
+    fn sync_file(&mut self, seal: bool) -> bool {
+        if !self.flush_direct() {
+            return false;
+        }
+        let direct = self.direct.is_some();
+        let Some(seg) = self.active.as_ref() else {
+            return true;
+        };
+        let mut changed = seg.synced_len != seg.written_len;
+        if seal && direct {
+            match trim_padding(seg) {
+                Ok(trimmed) => changed |= trimmed,
+                Err(e) => {
+                    let (path, at) = (seg.path.clone(), seg.written_len);
+                    self.fail("truncate padding", path, Some(at), e);
+                    return false;
+                }
+            }
+        }
         let Some(seg) = self.active.as_mut() else {
             return true;
         };
-        if seg.synced_len == seg.written_len {
+        if !changed {
             return true;
         }
         if let Err(e) = seg.file.sync_data() {
@@ -359,9 +405,9 @@ impl<M> Writer<M> {
         true
     }
 
-    fn sync(&mut self) {
+    fn sync(&mut self, seal: bool) {
         self.last_sync = Instant::now();
-        if self.sync_file() {
+        if self.sync_file(seal) {
             self.publish_durable(self.written);
         }
     }
@@ -443,4 +489,16 @@ impl<M> Writer<M> {
             self.shared.spare.nudge();
         }
     }
+}
+
+/// Cuts the zeros direct I/O padded the segment's last block with (see `direct.rs`), if that
+/// is all that lies past its live end. Returns whether the file changed.
+fn trim_padding(seg: &OpenSegment) -> std::io::Result<bool> {
+    let len = seg.file.metadata()?.len();
+    let padded = seg.written_len.next_multiple_of(direct::BLOCK as u64);
+    if len <= seg.written_len || len > padded {
+        return Ok(false);
+    }
+    seg.file.set_len(seg.written_len)?;
+    Ok(true)
 }

@@ -25,6 +25,7 @@ pub(crate) fn small_opts() -> Options {
         read_cache_bytes: 16 * 1024,
         read_before_durable: false,
         preallocate: true,
+        direct_io: true,
     }
 }
 

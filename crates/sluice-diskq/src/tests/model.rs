@@ -140,6 +140,8 @@ fn opts(sync: SyncPolicy, small: bool, early: bool) -> Options {
         read_cache_bytes: 2048,
         read_before_durable: early,
         preallocate: true,
+        // Both write paths: direct I/O applies to `SyncPolicy::Always` only.
+        direct_io: !small,
     }
 }
 
