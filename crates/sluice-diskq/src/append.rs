@@ -28,13 +28,13 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
     /// [`AppendError::TooLarge`], [`AppendError::Io`] (a previous write or sync failed: the
     /// queue is poisoned for writes until reopened), [`AppendError::Closed`].
     pub fn append(&self, record: &[u8]) -> Result<Seq, AppendError> {
-        self.append_prepared(Prepared::single(record), std::iter::empty())
+        self.append_prepared(Prepared::single(record), std::iter::empty(), &[])
             .map(|seqs| seqs.start)
     }
 
     /// Like [`DiskQueue::append`], attaching `memo` to the entry (see [`DiskQueue::append_batch`]).
     pub fn append_with_memo(&self, record: &[u8], memo: M) -> Result<Seq, AppendError> {
-        self.append_prepared(Prepared::single(record), std::iter::once(memo))
+        self.append_prepared(Prepared::single(record), std::iter::once(memo), &[])
             .map(|seqs| seqs.start)
     }
 
@@ -70,14 +70,21 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
             );
             memos.clear();
         }
-        self.append_prepared(record, memos.into_iter())
+        let lens = if memos.is_empty() {
+            &[][..]
+        } else {
+            batch.lens()
+        };
+        self.append_prepared(record, memos.into_iter(), lens)
     }
 
-    /// Reserves seqs and bytes for `record` and copies it into the pending chunk.
+    /// Reserves seqs and bytes for `record` and copies it into the pending chunk. `lens` are
+    /// the entries' lengths, kept with their memos (empty: none kept).
     fn append_prepared(
         &self,
         record: Prepared<'_>,
         memos: impl ExactSizeIterator<Item = M>,
+        lens: &[u32],
     ) -> Result<Range<Seq>, AppendError> {
         let sh = self.shared();
         let max = sh.opts.max_record_bytes;
@@ -142,7 +149,7 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
         match st.pending.last_mut() {
             Some(c) if c.segment == segment => {
                 record.encode_into(&mut c.buf, next_seq);
-                c.memos.attach(c.first_seq, next_seq, memos);
+                c.memos.attach(c.first_seq, next_seq, memos, lens);
                 c.end_seq = end_seq;
             }
             _ => {
@@ -150,7 +157,7 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
                 let mut buf = sh.pool.take(rec_len as usize);
                 record.encode_into(&mut buf, next_seq);
                 let mut chunk_memos = Memos::new();
-                chunk_memos.attach(next_seq, next_seq, memos);
+                chunk_memos.attach(next_seq, next_seq, memos, lens);
                 st.pending.push(Chunk {
                     segment,
                     offset,

@@ -16,6 +16,9 @@ use crate::record::{ENTRY_PREFIX_LEN, Prepared};
 pub struct RecordBatch {
     buf: Vec<u8>,
     count: u32,
+    /// Each entry's length, in order: kept with the entries' memos so that a reader taking
+    /// them from memory finds each entry without reading its length prefix (see `reader.rs`).
+    lens: Vec<u32>,
 }
 
 impl RecordBatch {
@@ -28,6 +31,7 @@ impl RecordBatch {
     pub fn clear(&mut self) {
         self.buf.clear();
         self.count = 0;
+        self.lens.clear();
     }
 
     /// Adds one entry.
@@ -56,6 +60,12 @@ impl RecordBatch {
         let len = u32::try_from(self.buf.len() - start).unwrap_or(u32::MAX);
         self.buf[at..start].copy_from_slice(&len.to_le_bytes());
         self.count = self.count.saturating_add(1);
+        self.lens.push(len);
+    }
+
+    /// Each entry's length, in order.
+    pub(crate) fn lens(&self) -> &[u32] {
+        &self.lens
     }
 
     /// Number of entries.

@@ -24,7 +24,7 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
-use crate::record::{Entries, HEADER_LEN, read_header};
+use crate::record::{ENTRY_PREFIX_LEN, Entries, HEADER_LEN, read_header};
 use crate::segment::{self, Item, Scanner};
 use crate::state::{Counters, ReadCursor, Shared, TailChunk};
 use crate::{Error, Seq};
@@ -145,6 +145,56 @@ struct RecordView<'a> {
     multi: bool,
     /// The seq of its first entry.
     first: Seq,
+    /// Its entries' lengths, when kept in memory with their memos (flagged records only).
+    lens: Option<&'a [u32]>,
+}
+
+/// The entries of a record payload as ranges into it: walked through their length prefixes,
+/// or laid out from lengths known in advance, which reads nothing from the payload.
+enum EntryRanges<'a> {
+    Walk(Entries<'a>),
+    Known {
+        lens: std::slice::Iter<'a, u32>,
+        pos: usize,
+        payload_len: usize,
+    },
+}
+
+impl<'a> EntryRanges<'a> {
+    fn new(payload: &'a [u8], multi: bool, lens: Option<&'a [u32]>) -> Self {
+        match lens {
+            Some(lens) if multi => EntryRanges::Known {
+                lens: lens.iter(),
+                // After the entry count.
+                pos: ENTRY_PREFIX_LEN,
+                payload_len: payload.len(),
+            },
+            _ => EntryRanges::Walk(Entries::new(payload, multi)),
+        }
+    }
+}
+
+impl Iterator for EntryRanges<'_> {
+    type Item = Range<usize>;
+
+    fn next(&mut self) -> Option<Range<usize>> {
+        match self {
+            EntryRanges::Walk(entries) => entries.next(),
+            EntryRanges::Known {
+                lens,
+                pos,
+                payload_len,
+            } => {
+                let start = *pos + ENTRY_PREFIX_LEN;
+                let end = start.checked_add(*lens.next()? as usize)?;
+                // Lengths kept at append describe the bytes written; this never stops early.
+                (end <= *payload_len).then(|| {
+                    *pos = end;
+                    start..end
+                })
+            }
+        }
+    }
 }
 
 /// Hands out the entries of one record from `next` (the cursor's seq, advanced past each entry
@@ -159,7 +209,7 @@ fn take_entries<M, T: Handout<M>>(
 ) -> bool {
     let base = rec.payload.start;
     let payload = rec.bytes.get(rec.payload).unwrap_or_default();
-    for (i, range) in Entries::new(payload, rec.multi).enumerate() {
+    for (i, range) in EntryRanges::new(payload, rec.multi, rec.lens).enumerate() {
         let seq = rec.first + i as u64;
         if seq < *next {
             continue;
@@ -210,13 +260,14 @@ fn take_from_chunk<M, T: Handout<M>>(
         cur.segment = chunk.segment;
         cur.offset = chunk.offset + pos as u64;
         cur.record_seq = h.seq;
+        let (lens, memo) = memos.lens_and_memos(chunk.first_seq, h.seq, count as usize);
         let rec = RecordView {
             bytes: &chunk.bytes,
             payload,
             multi: h.multi,
             first: h.seq,
+            lens: lens.filter(|_| h.multi),
         };
-        let memo = |seq| memos.take(chunk.first_seq, seq);
         if !take_entries(&mut cur.seq, rec, batch, visible, memo) {
             return;
         }
@@ -329,6 +380,7 @@ fn read_from_file<M, T: Handout<M>>(
                             payload: 0..payload.len(),
                             multi: entries > 1,
                             first: seq,
+                            lens: None,
                         };
                         if !take_entries(&mut cur.seq, rec, batch, written, |_| None) {
                             return Ok(());

@@ -47,34 +47,70 @@ pub(crate) struct SegMeta {
     pub bytes: u64,
 }
 
-/// The memos of a chunk's entries, by seq: entry `first_seq + i` has memo `slots[i]`. Appends
-/// without memos add no slots (a missing slot reads as no memo), so a queue that never uses
-/// memos never allocates for them.
+/// The memos of a chunk's entries, by seq: entry `first_seq + i` has memo `slots[i]`, and,
+/// for entries of multi-entry records, length `lens[i]` (0 where unknown). Appends without
+/// memos add no slots (a missing slot reads as no memo), so a queue that never uses memos never
+/// allocates for them.
+///
+/// Why lengths: a reader handing memos out would otherwise walk each entry's length prefix in
+/// the chunk's buffer, one cache miss per entry on data written by another core; the lengths
+/// here are 4 bytes each, sixteen to a cache line.
 #[derive(Debug)]
 pub(crate) struct Memos<M> {
     slots: Vec<Option<M>>,
+    lens: Vec<u32>,
 }
 
 impl<M> Memos<M> {
     pub fn new() -> Self {
-        Memos { slots: Vec::new() }
+        Memos {
+            slots: Vec::new(),
+            lens: Vec::new(),
+        }
     }
 
-    /// Attaches `memos` to the entries from `first` on, in a chunk starting at `base`.
-    pub fn attach(&mut self, base: Seq, first: Seq, memos: impl ExactSizeIterator<Item = M>) {
-        if memos.len() == 0 {
+    /// Attaches `memos` to the entries from `first` on, in a chunk starting at `base`, with
+    /// their lengths `lens` (one per memo, or empty).
+    pub fn attach(
+        &mut self,
+        base: Seq,
+        first: Seq,
+        memos: impl ExactSizeIterator<Item = M>,
+        lens: &[u32],
+    ) {
+        let n = memos.len();
+        if n == 0 {
             return;
         }
         // Chunks are far smaller than the address space: the index fits.
         let at = (first - base) as usize;
         self.slots.resize_with(at, || None);
         self.slots.extend(memos.map(Some));
+        if lens.len() == n {
+            self.lens.resize(at, 0);
+            self.lens.extend_from_slice(lens);
+        }
     }
 
-    /// Moves the memo of entry `seq` (in a chunk starting at `base`) out, leaving none.
-    pub fn take(&mut self, base: Seq, seq: Seq) -> Option<M> {
-        let i = usize::try_from(seq.checked_sub(base)?).ok()?;
-        self.slots.get_mut(i)?.take()
+    /// The lengths of the `count` entries from `first` on (in a chunk starting at `base`), if
+    /// all were kept (an unknown length reads 0, so a record with an empty entry is walked
+    /// instead: slower, never wrong), and a way to take their memos meanwhile.
+    pub fn lens_and_memos(
+        &mut self,
+        base: Seq,
+        first: Seq,
+        count: usize,
+    ) -> (Option<&[u32]>, impl FnMut(Seq) -> Option<M> + '_) {
+        let lens = usize::try_from(first.saturating_sub(base))
+            .ok()
+            .and_then(|at| self.lens.get(at..at.checked_add(count)?))
+            .filter(|lens| first >= base && !lens.contains(&0));
+        let slots = &mut self.slots;
+        let take = move |seq: Seq| {
+            let i = usize::try_from(seq.checked_sub(base)?).ok()?;
+            slots.get_mut(i)?.take()
+        };
+        (lens, take)
     }
 }
 

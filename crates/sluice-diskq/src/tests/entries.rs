@@ -99,6 +99,33 @@ async fn batch_entries_read_back_in_order_from_the_tail_and_from_files() {
 }
 
 #[tokio::test]
+async fn entries_with_an_empty_one_read_back_from_the_tail_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (q, _) = DiskQueue::<u64>::open(dir.path(), small_opts()).unwrap();
+    // Lengths kept with the memos find entries without reading the buffer; a 0 among them
+    // makes the reader walk the record instead. Both must give the same entries.
+    let with_empty = [b"a".to_vec(), Vec::new(), b"bcd".to_vec()];
+    let plain = [b"xy".to_vec(), b"z".to_vec()];
+    let first = q
+        .append_batch(&batch_of(&with_empty), vec![1, 2, 3])
+        .unwrap();
+    let second = q.append_batch(&batch_of(&plain), vec![4, 5]).unwrap();
+    q.wait_durable(second.end - 1).await.unwrap();
+    let got = drain_entries(&q, 2);
+    let seen: Vec<(Seq, Vec<u8>, Option<u64>)> = got
+        .iter()
+        .map(|e| (e.seq, e.bytes.to_vec(), e.memo))
+        .collect();
+    let expected: Vec<(Seq, Vec<u8>, Option<u64>)> = with_empty
+        .iter()
+        .chain(&plain)
+        .enumerate()
+        .map(|(i, b)| (first.start + i as u64, b.clone(), Some(i as u64 + 1)))
+        .collect();
+    assert_eq!(seen, expected);
+}
+
+#[tokio::test]
 async fn a_byte_limit_stops_a_read_inside_a_record() {
     let dir = tempfile::tempdir().unwrap();
     let (q, _) = DiskQueue::<u64>::open(dir.path(), small_opts()).unwrap();
