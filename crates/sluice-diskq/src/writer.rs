@@ -466,7 +466,10 @@ impl<M> Writer<M> {
                     doomed.push(old.first);
                 }
             }
-            if covered == st.acks.low_water() {
+            // Still urgent only if acks since the checkpoint free another segment. (Clearing it
+            // only once the checkpoint caught up with the low-water mark kept it set for as
+            // long as acks flowed: a checkpoint, with its two fsyncs, every round.)
+            if !st.front_deletable(st.acks.low_water()) {
                 st.ckpt_urgent = false;
             }
             covered

@@ -128,3 +128,63 @@ fn concurrent_writers_readers_and_acks_lose_nothing_across_a_restart() {
         assert_eq!(Some(&bytes), appended.get(&seq));
     }
 }
+
+/// Acks that keep arriving while the writer checkpoints must not make every round write a
+/// checkpoint (two fsyncs each): one per freed segment, plus the interval's, is enough.
+#[test]
+fn a_steady_stream_of_acks_checkpoints_per_freed_segment_not_per_round() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        segment_bytes: 64 * 1024,
+        max_bytes: 64 << 20,
+        checkpoint_interval: Duration::from_secs(60),
+        ..small_opts()
+    };
+    let (q, _) = DiskQueue::<()>::open(dir.path(), opts).unwrap();
+    const TOTAL: u64 = 20_000;
+    rt.block_on(async {
+        let reader = {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let mut acked = 0;
+                while acked < TOTAL {
+                    let batch = q.read_batch(16, 1 << 20).await.unwrap();
+                    for (seq, _) in &batch {
+                        q.ack(*seq);
+                    }
+                    acked += batch.len() as u64;
+                }
+            })
+        };
+        let mut tasks = Vec::new();
+        for w in 0..4u64 {
+            let q = q.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..TOTAL / 4 {
+                    let seq = q.append(&super::payload(w * TOTAL + i)).unwrap();
+                    if i % 8 == 0 {
+                        q.wait_durable(seq).await.unwrap();
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        reader.await.unwrap();
+    });
+    let s = q.stats();
+    // About 1.3 MB of records: some 20 segments of 64 KiB, each freed once read and acked.
+    let segments = s.bytes_written / (64 * 1024) + 1;
+    assert!(
+        s.checkpoints <= segments + 5,
+        "{} checkpoints for {segments} segments over {} syncs",
+        s.checkpoints,
+        s.fsyncs
+    );
+}
