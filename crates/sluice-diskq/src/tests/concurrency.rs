@@ -20,11 +20,7 @@ fn concurrent_writers_readers_and_acks_lose_nothing_across_a_restart() {
     const EACH: u64 = 150;
     const TOTAL: u64 = WRITERS * EACH;
     const LEFT_UNACKED: u64 = 10;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = super::two_worker_runtime();
     let dir = tempfile::tempdir().unwrap();
     // Four 4 KiB segments: writers hit Full and must wait for acks to free space.
     let opts = Options {
@@ -133,11 +129,7 @@ fn concurrent_writers_readers_and_acks_lose_nothing_across_a_restart() {
 /// checkpoint (two fsyncs each): one per freed segment, plus the interval's, is enough.
 #[test]
 fn a_steady_stream_of_acks_checkpoints_per_freed_segment_not_per_round() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = super::two_worker_runtime();
     let dir = tempfile::tempdir().unwrap();
     let opts = Options {
         segment_bytes: 64 * 1024,

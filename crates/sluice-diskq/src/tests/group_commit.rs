@@ -11,11 +11,7 @@ use crate::{AppendError, DiskQueue, Error, Options, SyncPolicy};
 fn concurrent_appenders_share_fsyncs_and_every_waiter_is_released() {
     const WRITERS: u64 = 32;
     const EACH: u64 = 50;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = super::two_worker_runtime();
     let dir = tempfile::tempdir().unwrap();
     let opts = Options {
         max_bytes: 64 << 20,

@@ -30,11 +30,7 @@ fn kill_child() {
     let Ok(dir) = std::env::var(DIR_ENV) else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = super::two_worker_runtime();
     let (q, _) = DiskQueue::<()>::open(&dir, opts()).unwrap();
     rt.block_on(async {
         let stop = Instant::now() + Duration::from_secs(20);

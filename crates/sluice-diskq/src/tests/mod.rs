@@ -29,6 +29,15 @@ pub(crate) fn small_opts() -> Options {
     }
 }
 
+/// A multi-threaded runtime with two workers, as on the machines Sluice is measured on.
+pub(crate) fn two_worker_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// The payload test records carry: recognisable and of varying length.
 pub(crate) fn payload(i: u64) -> Vec<u8> {
     format!("record-{i}-{}", "x".repeat((i % 50) as usize)).into_bytes()
