@@ -195,6 +195,7 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
                 segment: rec.start.segment,
                 offset: rec.start.offset,
                 file: None,
+                window: Default::default(),
             }),
             pool: Default::default(),
             spare: Default::default(),

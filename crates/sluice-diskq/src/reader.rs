@@ -29,6 +29,10 @@ use crate::segment::{self, Item, Scanner};
 use crate::state::{Counters, ReadCursor, Shared, TailChunk};
 use crate::{Error, Seq};
 
+/// Bytes read from a segment file at a time. Records are often a whole socket read (64 KiB),
+/// so a window of that size held one at most and read most twice (its header, then all of it).
+const READ_WINDOW: usize = 256 * 1024;
+
 /// One entry handed out by [`crate::DiskQueue::read_entries`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry<M> {
@@ -307,6 +311,7 @@ fn enter_segment(cur: &mut ReadCursor, first: Seq) {
     cur.offset = 0;
     cur.record_seq = cur.seq;
     cur.file = None;
+    cur.window.forget();
 }
 
 /// Reads entries at the cursor from its segment file, moving on to later segments as needed.
@@ -349,11 +354,22 @@ fn read_from_file<M, T: Handout<M>>(
             .metadata()
             .map_err(|e| Error::io("stat", &path, None, e))?
             .len();
-        let mut sc = Scanner::new(file, &path, file_len, cur.offset, cur.record_seq);
-        loop {
+        let window = std::mem::take(&mut cur.window);
+        let (offset, record_seq) = (cur.offset, cur.record_seq);
+        let mut sc = Scanner::resume(
+            file,
+            &path,
+            file_len,
+            offset,
+            record_seq,
+            window,
+            READ_WINDOW,
+        );
+        // Whether the segment holds nothing more below `written`.
+        let exhausted = loop {
             // Stop before anything not yet fully written: the writer may be mid-write past it.
             if batch.full() || cur.seq >= written {
-                return Ok(());
+                break false;
             }
             match sc.next_item()? {
                 Item::Record {
@@ -363,7 +379,7 @@ fn read_from_file<M, T: Handout<M>>(
                     entries,
                 } => {
                     if seq >= written {
-                        return Ok(());
+                        break false;
                     }
                     if seq > cur.seq {
                         lose(sh, cur.seq, seq, carry);
@@ -383,7 +399,7 @@ fn read_from_file<M, T: Handout<M>>(
                             lens: None,
                         };
                         if !take_entries(&mut cur.seq, rec, batch, written, |_| None) {
-                            return Ok(());
+                            break false;
                         }
                     }
                     cur.seq = cur.seq.max(end_seq);
@@ -393,11 +409,15 @@ fn read_from_file<M, T: Handout<M>>(
                 Item::Corrupt { bytes, .. } => carry += bytes,
                 Item::Tail { bytes, .. } => {
                     carry += bytes;
-                    break;
+                    break true;
                 }
                 // The segment's live end: the zeros after it are preallocated space.
-                Item::Unused { .. } | Item::End => break,
+                Item::Unused { .. } | Item::End => break true,
             }
+        };
+        cur.window = sc.into_window();
+        if !exhausted {
+            return Ok(());
         }
     }
     // This segment is exhausted below `written`: the rest lies in later segments. Lost seqs

@@ -113,6 +113,22 @@ pub enum Item {
     End,
 }
 
+/// Bytes a reader's window holds that a later scan may reuse: only bytes of records it read
+/// whole and found valid, since what followed them (zeros, or a record still being written)
+/// may since have been written over.
+#[derive(Debug, Default)]
+pub(crate) struct Window {
+    start: u64,
+    buf: Vec<u8>,
+}
+
+impl Window {
+    /// Drops the bytes (another file is read next), keeping the allocation.
+    pub(crate) fn forget(&mut self) {
+        self.buf.clear();
+    }
+}
+
 /// Reads records forward from one segment file through a bounded window.
 pub struct Scanner<'a> {
     file: &'a File,
@@ -123,6 +139,10 @@ pub struct Scanner<'a> {
     pos: u64,
     expected: Seq,
     last_payload: std::ops::Range<usize>,
+    /// Bytes read per refill at least.
+    refill: usize,
+    /// The end of the last valid record returned.
+    verified_end: u64,
 }
 
 impl<'a> Scanner<'a> {
@@ -138,6 +158,41 @@ impl<'a> Scanner<'a> {
             pos: offset,
             expected,
             last_payload: 0..0,
+            refill: CHUNK,
+            verified_end: offset,
+        }
+    }
+
+    /// Like [`Scanner::new`], reading `refill` bytes at a time and starting from what an
+    /// earlier scan of the same file left in `window` (see [`Scanner::into_window`]).
+    pub(crate) fn resume(
+        file: &'a File,
+        path: &'a Path,
+        file_len: u64,
+        offset: u64,
+        expected: Seq,
+        window: Window,
+        refill: usize,
+    ) -> Self {
+        let mut sc = Scanner::new(file, path, file_len, offset, expected);
+        sc.refill = refill.max(CHUNK);
+        let covers = window.start <= offset && offset < window.start + window.buf.len() as u64;
+        sc.buf = window.buf;
+        if covers {
+            sc.buf_start = window.start;
+        } else {
+            sc.buf.clear();
+        }
+        sc
+    }
+
+    /// The window's bytes that a later scan may reuse (keeping its allocation either way).
+    pub(crate) fn into_window(mut self) -> Window {
+        let valid = self.verified_end.saturating_sub(self.buf_start);
+        self.buf.truncate(usize::try_from(valid).unwrap_or(0));
+        Window {
+            start: self.buf_start,
+            buf: self.buf,
         }
     }
 
@@ -159,7 +214,7 @@ impl<'a> Scanner<'a> {
             return Ok(true);
         }
         // Refill from `at`: at least the requested bytes, at most what the file holds.
-        let want = (n.max(CHUNK) as u64).min(self.file_len - at) as usize;
+        let want = (n.max(self.refill) as u64).min(self.file_len - at) as usize;
         self.buf.clear();
         self.buf.resize(want, 0);
         self.file
@@ -308,6 +363,7 @@ impl<'a> Scanner<'a> {
         match self.record_at(at, self.expected)? {
             Ok((seq, len, entries)) => {
                 self.pos = at + len;
+                self.verified_end = self.pos;
                 self.expected = seq + u64::from(entries);
                 Ok(Item::Record {
                     seq,

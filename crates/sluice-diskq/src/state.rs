@@ -219,6 +219,8 @@ pub(crate) struct ReadCursor {
     pub offset: u64,
     /// The open segment file last read from.
     pub file: Option<(Seq, File)>,
+    /// What the last file read left in its window, for the next (of the same file).
+    pub window: crate::segment::Window,
 }
 
 /// Counters only ever incremented.

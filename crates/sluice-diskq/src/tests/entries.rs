@@ -99,6 +99,32 @@ async fn batch_entries_read_back_in_order_from_the_tail_and_from_files() {
 }
 
 #[tokio::test]
+async fn file_reads_that_keep_up_with_the_writer_in_one_segment_lose_nothing() {
+    // With no in-memory tail every read is a file read, and the reader's window is reused
+    // from one read to the next: bytes it read past the last record (padding, zeros) must not
+    // hide the records written there since.
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        read_cache_bytes: 0,
+        segment_bytes: 1 << 20,
+        ..small_opts()
+    };
+    let (q, _) = DiskQueue::<u64>::open(dir.path(), opts).unwrap();
+    let mut next = 0;
+    for round in 0..30 {
+        let end = append_batches(&q, next, &[1 + round % 4, 2]);
+        q.wait_durable(end - 1).await.unwrap();
+        let got = drain_entries(&q, 3);
+        check_in_order(&got, next, end);
+        assert!(got.iter().all(|e| e.memo.is_none()), "read from the file");
+        next = end;
+    }
+    let stats = q.stats();
+    assert_eq!((stats.segments, stats.corrupt_records), (1, 0));
+    assert_eq!(stats.file_read_entries, next);
+}
+
+#[tokio::test]
 async fn entries_with_an_empty_one_read_back_from_the_tail_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let (q, _) = DiskQueue::<u64>::open(dir.path(), small_opts()).unwrap();
