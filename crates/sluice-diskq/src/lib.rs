@@ -257,10 +257,9 @@ pub struct Options {
     /// thread, so that new segments overwrite existing blocks rather than grow a file, which
     /// makes each `fdatasync` about twice as fast (default true). The spare is real disk
     /// usage: it is prepared only while `bytes on disk + 2 * segment_bytes <= max_bytes`, and
-    /// only once the queue is busy (more than one segment, or a quarter of one written). Without
-    /// [`Options::direct_io`], only while syncs are small (under 128 KiB on average since the
-    /// preparer last looked): zero-filling through the page cache costs about as much as
-    /// writing the data, so for large group commits it costs more than it saves.
+    /// only once the queue is busy (more than one segment, or a quarter of one written). And
+    /// only while syncs are small (under 128 KiB on average since the preparer last looked):
+    /// for large group commits the zeros cost more than they save (see `prep.rs`).
     pub preallocate: bool,
     /// Write segments with `O_DIRECT` under [`SyncPolicy::Always`], where the filesystem takes
     /// it (default true). Every write is synced at once anyway, so the page cache only adds

@@ -20,18 +20,17 @@
 //!   queue smaller than two segments never prepares one; and only once the queue is busy (it
 //!   holds more than one segment, or its only one is a quarter full), so a mostly idle queue
 //!   never takes two whole segments of disk for a few events.
-//! - With direct I/O (see `direct.rs`) the zeros are written with `O_DIRECT` too, which costs
-//!   next to no CPU, and synced once at the end; a spare is then always worth its disk
-//!   bandwidth, since every sync of a growing file also writes the inode (on ext4 without a
-//!   journal, a second synchronous write per sync).
-//! - Through the page cache, only for small syncs: since the last look, the writer's syncs
-//!   averaged less than [`SMALL_SYNC_BYTES`]. Zero-filling then costs about what writing the
-//!   data costs (the kernel copies every byte into the page cache and writes it back), and
-//!   saves a fixed amount per sync (the inode update and block allocation of a growing file).
-//!   With many small syncs (one HTTP request per durable ack) that halves the ack's wait; with
-//!   few large ones (TCP reads of 64 KiB, group commits of hundreds of KiB) the zeros cost
-//!   more than they save: S2 ran 18 % faster without them, at 15 % less CPU per event. No
-//!   syncs at all (`SyncPolicy::Never`, or an idle queue) means no spare either.
+//! - Only for small syncs: since the last look, the writer's syncs averaged less than
+//!   [`SMALL_SYNC_BYTES`]. A spare saves a fixed amount per sync (the inode update and block
+//!   allocation of a growing file: on ext4 without a journal, a second synchronous write per
+//!   sync) and costs a segment's worth of writes. With many small syncs (one HTTP request per
+//!   durable ack) that halves the ack's wait; with few large ones (TCP reads of 64 KiB, group
+//!   commits of hundreds of KiB) the zeros cost more than they save. Through the page cache
+//!   they cost CPU (S2 ran 18 % faster without them, at 15 % less CPU per event); with direct
+//!   I/O (see `direct.rs`, which the zeros then use too, synced once at the end) next to no
+//!   CPU, but the disk's bandwidth and a context switch per 1 MiB written: S2 still ran 6–12 %
+//!   faster without them in alternating pairs. No syncs at all (`SyncPolicy::Never`, or an
+//!   idle queue) means no spare either.
 //! - Errors (a full disk, an I/O error) delete the spare, are logged once per streak, and back
 //!   off for 10 s. They never poison the queue or affect appends: the writer then just creates
 //!   its segments by growing them.
@@ -198,9 +197,7 @@ pub(crate) fn run<M>(shared: Arc<Shared<M>>) {
                 }
                 let now = Instant::now();
                 let waiting = retry_at.is_some_and(|t| now < t);
-                // Zeros written directly cost next to no CPU, so their size rule is only for
-                // the page cache's.
-                let worth_it = shared.direct_io || syncs_are_small(&shared, &mut last_look);
+                let worth_it = syncs_are_small(&shared, &mut last_look);
                 if !*ready && !waiting && room(&shared) && worth_it {
                     break;
                 }

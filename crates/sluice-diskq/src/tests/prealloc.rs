@@ -207,41 +207,29 @@ async fn large_syncs(dir: &Path, direct_io: bool) -> DiskQueue<()> {
 }
 
 #[tokio::test]
-async fn through_the_page_cache_large_syncs_prepare_no_spare_and_small_ones_do() {
-    let dir = tempfile::tempdir().unwrap();
-    let seg = 1 << 20;
-    // Zeros through the page cache would cost more than the large syncs they speed up.
-    let q = large_syncs(dir.path(), false).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(spare_len(dir.path()), None, "{:?}", q.stats());
-    assert_eq!(q.stats().spare_bytes, 0);
-    // Small syncs from then on: the preparer's next look (within a second) prepares one.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for i in 0.. {
-        let seq = q.append(&super::payload(i)).unwrap();
-        q.wait_durable(seq).await.unwrap();
-        if q.stats().spare_bytes == seg {
-            break;
+async fn large_syncs_prepare_no_spare_and_small_ones_do() {
+    for direct_io in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = 1 << 20;
+        // The zeros would cost more than the large syncs they speed up.
+        let q = large_syncs(dir.path(), direct_io).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(spare_len(dir.path()), None, "{:?}", q.stats());
+        assert_eq!(q.stats().spare_bytes, 0);
+        // Small syncs from then on: the preparer's next look (within a second) prepares one.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for i in 0.. {
+            let seq = q.append(&super::payload(i)).unwrap();
+            q.wait_durable(seq).await.unwrap();
+            if q.stats().spare_bytes == seg {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no spare (direct I/O: {direct_io}): {:?}",
+                q.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert!(Instant::now() < deadline, "no spare: {:?}", q.stats());
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-}
-
-#[tokio::test]
-async fn with_direct_io_large_syncs_prepare_a_spare_too() {
-    let dir = tempfile::tempdir().unwrap();
-    if !crate::direct::supported(dir.path()) {
-        eprintln!("skipped: the temp directory's filesystem refuses O_DIRECT");
-        return;
-    }
-    // Zeros written directly cost next to no CPU: the inode update each growing sync saves is
-    // worth them whatever the sync's size.
-    let q = large_syncs(dir.path(), true).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while q.stats().spare_bytes != 1 << 20 {
-        assert!(Instant::now() < deadline, "no spare: {:?}", q.stats());
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(spare_len(dir.path()), Some(1 << 20));
 }
