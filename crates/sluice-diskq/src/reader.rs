@@ -311,7 +311,6 @@ fn enter_segment(cur: &mut ReadCursor, first: Seq) {
     cur.offset = 0;
     cur.record_seq = cur.seq;
     cur.file = None;
-    cur.window.forget();
 }
 
 /// Reads entries at the cursor from its segment file, moving on to later segments as needed.
@@ -354,7 +353,12 @@ fn read_from_file<M, T: Handout<M>>(
             .metadata()
             .map_err(|e| Error::io("stat", &path, None, e))?
             .len();
-        let window = std::mem::take(&mut cur.window);
+        let (read_from, window) = std::mem::take(&mut cur.window);
+        let window = if read_from == cur.segment {
+            window
+        } else {
+            window.forget()
+        };
         let (offset, record_seq) = (cur.offset, cur.record_seq);
         let mut sc = Scanner::resume(
             file,
@@ -415,7 +419,7 @@ fn read_from_file<M, T: Handout<M>>(
                 Item::Unused { .. } | Item::End => break true,
             }
         };
-        cur.window = sc.into_window();
+        cur.window = (cur.segment, sc.into_window());
         if !exhausted {
             return Ok(());
         }

@@ -124,8 +124,9 @@ pub(crate) struct Window {
 
 impl Window {
     /// Drops the bytes (another file is read next), keeping the allocation.
-    pub(crate) fn forget(&mut self) {
+    pub(crate) fn forget(mut self) -> Self {
         self.buf.clear();
+        self
     }
 }
 
@@ -217,11 +218,23 @@ impl<'a> Scanner<'a> {
         let want = (n.max(self.refill) as u64).min(self.file_len - at) as usize;
         self.buf.clear();
         self.buf.resize(want, 0);
-        self.file
-            .read_exact_at(&mut self.buf, at)
-            .map_err(|e| Error::io("read", self.path, Some(at), e))?;
+        let mut got = 0;
+        while got < want {
+            match self.file.read_at(&mut self.buf[got..], at + got as u64) {
+                Ok(0) => break,
+                Ok(k) => got += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("read", self.path, Some(at), e)),
+            }
+        }
+        self.buf.truncate(got);
         self.buf_start = at;
-        Ok(true)
+        if got < want {
+            // The file shrank since it was measured: the writer trims direct I/O's zero padding
+            // off a segment it leaves (see `writer.rs`). Only zeros past the live end go.
+            self.file_len = at + got as u64;
+        }
+        Ok(got >= n)
     }
 
     fn rel(&self, at: u64) -> usize {

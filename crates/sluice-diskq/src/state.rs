@@ -219,8 +219,9 @@ pub(crate) struct ReadCursor {
     pub offset: u64,
     /// The open segment file last read from.
     pub file: Option<(Seq, File)>,
-    /// What the last file read left in its window, for the next (of the same file).
-    pub window: crate::segment::Window,
+    /// What the last file read left in its window, and the segment it was read from: for the
+    /// next read of that segment only (the tail path moves the cursor between segments too).
+    pub window: (Seq, crate::segment::Window),
 }
 
 /// Counters only ever incremented.
