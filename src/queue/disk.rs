@@ -191,6 +191,11 @@ impl DiskQueue {
 
     /// Appends all of `events` as one record if they fit now; takes none and counts nothing
     /// otherwise (see [`super::SinkQueue::try_push_all`]).
+    /// Whether the sink reading this queue is about to fall behind its in-memory tail.
+    pub fn reader_falling_behind(&self) -> bool {
+        self.log.reader_falling_behind()
+    }
+
     pub fn try_push_all(&self, events: &[Arc<Event>]) -> bool {
         if events.iter().any(|e| e.has_waiters()) {
             // They must be kept beside their records: the one-by-one path does that.

@@ -462,6 +462,14 @@ impl SinkQueue {
         }
     }
 
+    /// Whether a disk queue's reader is about to fall behind its in-memory tail.
+    pub fn reader_falling_behind(&self) -> bool {
+        match self {
+            SinkQueue::Disk(q) => q.reader_falling_behind(),
+            _ => false,
+        }
+    }
+
     /// Resolves once what `accepted` promised survives a crash (per the disk queue's sync
     /// policy); at once for memory, which promises nothing of the kind.
     pub async fn wait_durable(&self, accepted: Accepted) -> Result<(), PushError> {

@@ -188,6 +188,11 @@ impl Fanout {
         self.queues.iter().map(|q| q.sync_mark()).collect()
     }
 
+    /// Whether a disk queue this source feeds has a reader about to fall behind its tail.
+    pub fn readers_falling_behind(&self) -> bool {
+        self.queues.iter().any(|q| q.reader_falling_behind())
+    }
+
     /// Waits until the disk queues are synced up to `marks`.
     pub async fn wait_marks(&self, marks: &[Option<Seq>]) -> Result<(), DropReason> {
         for (queue, mark) in self.queues.iter().zip(marks) {

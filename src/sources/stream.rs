@@ -276,6 +276,13 @@ impl StreamSource {
             let events = of_read.len() as u64;
             let abandoned = self.push_read(&mut of_read, &mut tally).await;
             connection.record(n as u64, events);
+            // A sink that falls out of its disk queue's in-memory tail reads back from the
+            // files and decodes every event again, which slows it further. Letting it run
+            // first while it is still in memory kept S2's file reads at 2-4 % instead of
+            // 12-17 %. This never blocks: with nothing else to run, the read resumes at once.
+            if self.fanout.readers_falling_behind() {
+                tokio::task::yield_now().await;
+            }
             if abandoned {
                 break End::Shutdown;
             }

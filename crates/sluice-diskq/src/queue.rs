@@ -385,6 +385,20 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
     }
 
     /// A snapshot of counters and watermarks.
+    /// Whether readers are past the older half of the in-memory tail of recent writes: soon,
+    /// if they fall further behind, they read back from the files. (False with no tail.)
+    pub fn reader_falling_behind(&self) -> bool {
+        let sh = self.shared();
+        let mid = {
+            let st = sh.state.lock();
+            match (st.tail.front(), st.tail.back()) {
+                (Some(front), Some(back)) => front.first_seq + (back.end_seq - front.first_seq) / 2,
+                _ => return false,
+            }
+        };
+        Counters::get(&sh.counters.read_seq) < mid
+    }
+
     /// The seq the next append will get (cheaper than [`DiskQueue::stats`]).
     pub fn next_seq(&self) -> Seq {
         self.shared().state.lock().next_seq

@@ -104,6 +104,9 @@ pub(crate) fn try_read<M, T: Handout<M>>(
         max_bytes,
     };
     loop {
+        sh.counters
+            .read_seq
+            .store(cur.seq, std::sync::atomic::Ordering::Relaxed);
         if batch.full() {
             return Ok(Some(batch.out));
         }

@@ -235,6 +235,8 @@ pub(crate) struct Counters {
     pub corrupt_bytes: AtomicU64,
     /// Entries handed to readers from segment files, not from the in-memory tail.
     pub file_read_entries: AtomicU64,
+    /// The read cursor's seq after the last read (readable without the cursor's lock).
+    pub read_seq: AtomicU64,
     /// How long entries waited to become durable, one sample per sync.
     pub sync_latency: SyncLatency,
 }

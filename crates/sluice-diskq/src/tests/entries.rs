@@ -385,3 +385,19 @@ async fn a_corrupt_batch_record_in_the_middle_loses_exactly_its_entries() {
     let got: Vec<Seq> = drain_entries(&q, 3).iter().map(|e| e.seq).collect();
     assert_eq!(got, [0, 1, 2, 3, 10, 11, 12, 13, 14]);
 }
+
+#[tokio::test]
+async fn a_reader_in_the_older_half_of_the_tail_is_falling_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let (q, _) = DiskQueue::<u64>::open(dir.path(), small_opts()).unwrap();
+    assert!(
+        !q.reader_falling_behind(),
+        "no tail, nothing to fall behind"
+    );
+    let end = append_batches(&q, 0, &[10, 10, 10, 10]);
+    q.wait_durable(end - 1).await.unwrap();
+    assert!(q.reader_falling_behind(), "nothing read yet");
+    let read = q.read_entries(30, 1 << 20).await.unwrap();
+    assert_eq!(read.len(), 30);
+    assert!(!q.reader_falling_behind(), "in the newer half");
+}
