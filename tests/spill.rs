@@ -106,11 +106,14 @@ fn a_spilling_queue_refuses_drop_oldest_and_disk_only_keys_belong_to_the_disk_ti
         "{errors}"
     );
     assert!(parse("{ type = \"memory\", overflow = \"disk\", sync = \"never\", overflow_max_bytes = \"64MiB\" }").is_ok());
-    let Err(errors) = parse("{ type = \"memory\", sync = \"never\" }") else {
-        panic!("expected an error")
-    };
-    assert!(
-        errors.to_string().contains("applies to disk queues"),
-        "{errors}"
-    );
+    for disk_only in ["sync = \"never\"", "preallocate = false", "direct_io = false"] {
+        let Err(errors) = parse(&format!("{{ type = \"memory\", {disk_only} }}")) else {
+            panic!("expected an error for {disk_only}")
+        };
+        assert!(
+            errors.to_string().contains("applies to disk queues"),
+            "{errors}"
+        );
+    }
+    assert!(parse("{ type = \"disk\", direct_io = false, preallocate = false }").is_ok());
 }
