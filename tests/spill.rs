@@ -106,7 +106,11 @@ fn a_spilling_queue_refuses_drop_oldest_and_disk_only_keys_belong_to_the_disk_ti
         "{errors}"
     );
     assert!(parse("{ type = \"memory\", overflow = \"disk\", sync = \"never\", overflow_max_bytes = \"64MiB\" }").is_ok());
-    for disk_only in ["sync = \"never\"", "preallocate = false", "direct_io = false"] {
+    for disk_only in [
+        "sync = \"never\"",
+        "preallocate = false",
+        "direct_io = false",
+    ] {
         let Err(errors) = parse(&format!("{{ type = \"memory\", {disk_only} }}")) else {
             panic!("expected an error for {disk_only}")
         };
