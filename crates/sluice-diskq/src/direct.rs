@@ -197,15 +197,15 @@ impl DirectStage {
         if head > 0 {
             let block = &mut self.buf.as_mut_slice()[..BLOCK];
             block.fill(0);
-            let mut got = 0;
-            while got < BLOCK {
-                match file.read_at(&mut block[got..], self.start + got as u64) {
-                    Ok(0) => break,
-                    Ok(n) => got += n,
+            // One aligned read: a short count means the file ends inside the block (a direct
+            // read cannot resume at an unaligned offset, and needs not).
+            let got = loop {
+                match file.read_at(block, self.start) {
+                    Ok(n) => break n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(e),
                 }
-            }
+            };
             if got < head {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
