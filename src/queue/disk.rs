@@ -511,5 +511,8 @@ mod tests {
             started.elapsed()
         );
         producer.await.expect("producer");
+        let stats = ledger.stats().components.remove(0);
+        assert_eq!(stats.received, 4);
+        assert!(stats.balanced, "{stats:?}");
     }
 }
