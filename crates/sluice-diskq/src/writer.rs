@@ -418,10 +418,11 @@ impl<M> Writer<M> {
         }
         Counters::add(&self.shared.counters.records_synced, upto - self.durable);
         self.durable = upto;
-        self.shared.release_durable(upto);
+        // Recorded before the release, so a waiter that wakes sees its sync in the histogram.
         if let Some(opened) = self.oldest_unsynced.take() {
             self.shared.counters.sync_latency.record(opened.elapsed());
         }
+        self.shared.release_durable(upto);
         if !self.shared.opts.read_before_durable {
             self.shared.notify_readers();
         }
