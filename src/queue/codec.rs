@@ -25,7 +25,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
@@ -52,6 +52,33 @@ pub fn encode(event: &Event) -> BytesMut {
 
 /// Appends the record of `event` to `out` (a `BytesMut`, or a disk-queue batch's `Vec`).
 pub fn encode_into(event: &Event, out: &mut impl BufMut) {
+    encode_with_clock(event, out, &mut EpochNanos::default());
+}
+
+/// Turns receive times into nanoseconds since the Unix epoch, remembering the last one: the
+/// events of one socket read share their receive time, and converting it for each of them
+/// showed in S2's profile (about 1.4 % of the relay's samples).
+#[derive(Debug, Default)]
+pub struct EpochNanos {
+    last: Option<(SystemTime, u64)>,
+}
+
+impl EpochNanos {
+    fn of(&mut self, time: SystemTime) -> u64 {
+        match self.last {
+            Some((known, nanos)) if known == time => nanos,
+            _ => {
+                let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+                let nanos = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX);
+                self.last = Some((time, nanos));
+                nanos
+            }
+        }
+    }
+}
+
+/// [`encode_into`] for one of many events, with a clock shared by all of them.
+pub fn encode_with_clock(event: &Event, out: &mut impl BufMut, clock: &mut EpochNanos) {
     let mut flags = 0;
     let peer = match &event.attributes {
         Attributes::Peer(peer) => Some(*peer),
@@ -68,11 +95,7 @@ pub fn encode_into(event: &Event, out: &mut impl BufMut) {
     out.put_u8(flags);
     out.put_u32_le(event.id.node);
     out.put_u64_le(event.id.seq);
-    let received = event
-        .received_at
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    out.put_u64_le(u64::try_from(received.as_nanos()).unwrap_or(u64::MAX));
+    out.put_u64_le(clock.of(event.received_at));
     put_short(out, event.source.as_bytes());
     if let Some(peer) = peer {
         match peer.ip() {
@@ -269,6 +292,29 @@ mod tests {
             ("PATCH", "/v1/x?y=z".to_string(), 2)
         );
         assert_eq!(http.peer, Some("[::1]:8080".parse().expect("addr")));
+    }
+
+    #[test]
+    fn a_shared_clock_encodes_each_event_at_its_own_receive_time() {
+        let at = |nanos| UNIX_EPOCH + Duration::from_nanos(nanos);
+        let times = [at(5), at(5), at(1_700_000_000_123_456_789), at(5)];
+        let mut clock = EpochNanos::default();
+        for (seq, time) in times.into_iter().enumerate() {
+            let event = Event::new_at(
+                EventId {
+                    node: 1,
+                    seq: seq as u64,
+                },
+                Arc::from("tcp"),
+                Bytes::from_static(b"line"),
+                Attributes::None,
+                time,
+            );
+            let mut out = BytesMut::new();
+            encode_with_clock(&event, &mut out, &mut clock);
+            let back = decode(out.freeze(), &name).expect("round trip");
+            assert_eq!(nanos(back.received_at), nanos(time), "event {seq}");
+        }
     }
 
     #[test]

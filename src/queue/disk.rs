@@ -205,10 +205,11 @@ impl DiskQueue {
             let mut batch = cell.borrow_mut();
             batch.clear();
             let mut entry_bytes = 0;
+            let mut clock = codec::EpochNanos::default();
             for event in events {
                 batch.push_with(|buf| {
                     let start = buf.len();
-                    codec::encode_into(event.as_ref(), buf);
+                    codec::encode_with_clock(event.as_ref(), buf, &mut clock);
                     entry_bytes += buf.len() - start;
                 });
             }
