@@ -10,7 +10,7 @@
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::procstat::Sample;
+use crate::procstat::{MachineShare, Sample};
 use crate::relay::Ledger;
 use crate::scenario::{Plan, ScenarioName, Target};
 use crate::senders::SendReport;
@@ -18,11 +18,13 @@ use crate::tracker::{BUCKET_NS, TrackerSummary};
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// What a run cost: the relay's CPU and peak RSS, and this process's CPU (senders + receivers).
+/// What a run cost: the relay's CPU and peak RSS, this process's CPU (senders + receivers),
+/// and how busy the whole machine was.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Costs {
     pub relay: Option<Sample>,
     pub harness_cpu_secs: Option<f64>,
+    pub machine: Option<MachineShare>,
 }
 
 /// One measured run.
@@ -50,6 +52,11 @@ pub struct RunResult {
     /// The harness's own CPU per delivered event: when it nears the core count, the harness is
     /// the bottleneck, not the relay.
     pub harness_cpu_us_per_event: Option<f64>,
+    /// How busy all the machine's cores were over the run, in percent, and how much of their
+    /// time was idle waiting for a disk: a run far below 100 % busy is bound by latency (its
+    /// parts wait for one another), not by CPU.
+    pub machine_busy_pct: Option<f64>,
+    pub machine_iowait_pct: Option<f64>,
     pub delivered: u64,
     pub lost: u64,
     pub duplicates: u64,
@@ -156,6 +163,8 @@ impl RunResult {
                 .harness_cpu_secs
                 .filter(|_| t.unique > 0)
                 .map(|c| c * 1e6 / t.unique as f64),
+            machine_busy_pct: costs.machine.map(|m| m.busy_pct),
+            machine_iowait_pct: costs.machine.map(|m| m.iowait_pct),
             delivered: t.unique,
             lost,
             duplicates: t.duplicates,
@@ -237,6 +246,8 @@ pub struct Summary {
     pub producer_max_stall_us: Option<Spread>,
     pub cpu_us_per_event: Option<Spread>,
     pub harness_cpu_us_per_event: Option<Spread>,
+    pub machine_busy_pct: Option<Spread>,
+    pub machine_iowait_pct: Option<Spread>,
     pub peak_rss_mib: Option<Spread>,
     pub drain_secs: Option<Spread>,
     pub fsyncs_per_sec: Option<Spread>,
@@ -276,6 +287,8 @@ impl Summary {
             producer_max_stall_us: s(&|r| Some(r.producer_max_stall_us)),
             cpu_us_per_event: s(&|r| r.cpu_us_per_event),
             harness_cpu_us_per_event: s(&|r| r.harness_cpu_us_per_event),
+            machine_busy_pct: s(&|r| r.machine_busy_pct),
+            machine_iowait_pct: s(&|r| r.machine_iowait_pct),
             peak_rss_mib: s(&|r| r.peak_rss_mib),
             drain_secs: s(&|r| r.drain_secs),
             fsyncs_per_sec: s(&|r| r.fsyncs_per_sec),
@@ -385,8 +398,8 @@ pub fn table(rows: &[RunResult], summaries: &[Summary]) -> String {
         out.push_str(&format!(
             "{} {} median of {}: {} events/s{}, {} MiB/s, sent {}/s, p50 {} p99 {} max {}, \
              producer p99 {} (longest stall {}), CPU {} µs/event (harness {}), \
-             peak RSS {} MiB; summed over the runs: refused {}, lost {}, duplicates {}, \
-             reordered {}, garbage {}\n",
+             machine busy {} % (iowait {} %), peak RSS {} MiB; summed over the runs: refused {}, \
+             lost {}, duplicates {}, reordered {}, garbage {}\n",
             format!("{:?}", s.scenario).to_lowercase(),
             s.target,
             s.runs,
@@ -401,6 +414,8 @@ pub fn table(rows: &[RunResult], summaries: &[Summary]) -> String {
             lat(s.producer_max_stall_us),
             cell(s.cpu_us_per_event),
             cell(s.harness_cpu_us_per_event),
+            cell(s.machine_busy_pct),
+            cell(s.machine_iowait_pct),
             cell(s.peak_rss_mib),
             s.refused,
             s.lost,

@@ -273,6 +273,7 @@ async fn measure(
     let before = pid.map(procstat::sample).transpose()?;
     let me = std::process::id();
     let harness_before = procstat::sample(me).ok();
+    let machine_before = procstat::machine().ok();
     let transport = match plan.source {
         SourceKind::Tcp => Transport::Tcp(middle.source_addr),
         SourceKind::Http => Transport::Http {
@@ -341,6 +342,7 @@ async fn measure(
         }
     };
     let harness_after = procstat::sample(me).ok();
+    let machine_after = procstat::machine().ok();
     // Without /stats the row simply has no ledger (never a made-up one of zeros).
     let ledger = match &middle.relay {
         Some(r) => r
@@ -372,6 +374,9 @@ async fn measure(
         harness_cpu_secs: harness_before
             .zip(harness_after)
             .map(|(b, a)| a.cpu_secs - b.cpu_secs),
+        machine: machine_before
+            .zip(machine_after)
+            .and_then(|(b, a)| b.share_until(a)),
     };
     Ok(RunResult::new(
         plan,
