@@ -126,6 +126,7 @@ impl DiskQueue {
                 // Events read back from segment files: the sink fell behind the in-memory tail.
                 "file_read_records": s.file_read_entries,
                 "preallocated_segments": s.preallocated_segments,
+                "recycled_segments": s.recycled_segments,
                 "spare_bytes": s.spare_bytes,
                 "corrupt_records": s.corrupt_records,
                 "write_failed": s.write_failed,
@@ -189,13 +190,14 @@ impl DiskQueue {
         }
     }
 
-    /// Appends all of `events` as one record if they fit now; takes none and counts nothing
-    /// otherwise (see [`super::SinkQueue::try_push_all`]).
-    /// Whether the sink reading this queue is about to fall behind its in-memory tail.
-    pub fn reader_falling_behind(&self) -> bool {
-        self.log.reader_falling_behind()
+    /// Waits, at most `max`, while the sink reading this queue is about to fall behind its
+    /// in-memory tail (never on a stalled one).
+    pub async fn pace_to_reader(&self, max: std::time::Duration) {
+        self.log.pace_to_reader(max).await;
     }
 
+    /// Appends all of `events` as one record if they fit now; takes none and counts nothing
+    /// otherwise (see [`super::SinkQueue::try_push_all`]).
     pub fn try_push_all(&self, events: &[Arc<Event>]) -> bool {
         if events.iter().any(|e| e.has_waiters()) {
             // They must be kept beside their records: the one-by-one path does that.

@@ -462,11 +462,11 @@ impl SinkQueue {
         }
     }
 
-    /// Whether a disk queue's reader is about to fall behind its in-memory tail.
-    pub fn reader_falling_behind(&self) -> bool {
-        match self {
-            SinkQueue::Disk(q) => q.reader_falling_behind(),
-            _ => false,
+    /// Waits, at most `max`, while a disk queue's active reader is about to fall behind its
+    /// in-memory tail; at once for other queues.
+    pub async fn pace_to_reader(&self, max: Duration) {
+        if let SinkQueue::Disk(q) = self {
+            q.pace_to_reader(max).await;
         }
     }
 

@@ -188,9 +188,12 @@ impl Fanout {
         self.queues.iter().map(|q| q.sync_mark()).collect()
     }
 
-    /// Whether a disk queue this source feeds has a reader about to fall behind its tail.
-    pub fn readers_falling_behind(&self) -> bool {
-        self.queues.iter().any(|q| q.reader_falling_behind())
+    /// Waits, at most `max` per queue, while a disk queue this source feeds has an active
+    /// reader about to fall behind its in-memory tail (see `DiskQueue::pace_to_reader`).
+    pub async fn pace_to_readers(&self, max: Duration) {
+        for queue in &self.queues {
+            queue.pace_to_reader(max).await;
+        }
     }
 
     /// Waits until the disk queues are synced up to `marks`.

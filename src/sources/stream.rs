@@ -10,7 +10,10 @@
 //! [`Decoder`], and hand the read's events to the [`Fanout`] together (one record in a disk
 //! queue), or one by one to a queue that cannot take them all at once. The loop reads nothing
 //! while a push waits (`when_full = "block"`): the socket's receive buffer fills and TCP flow
-//! control slows the producer — nothing is dropped. Timeouts: `idle_timeout` closes a connection that sent nothing
+//! control slows the producer — nothing is dropped. With `ack = durable` it also reads nothing
+//! while its last three reads wait for their sync, and before each read it waits (at most
+//! `PACE_MAX`) for a disk queue's sink that is still reading but about to fall out of the
+//! queue's in-memory tail, never for a stalled one. Timeouts: `idle_timeout` closes a connection that sent nothing
 //! for that long (off by default: a producer may stay connected for days, quiet at night);
 //! `partial_frame_timeout` closes one that sent part of a frame and stalled, counting the part
 //! as `read_timeout`.
@@ -53,6 +56,10 @@ const READ_CHUNK: usize = 64 * 1024;
 /// zero-filled for large syncs) three another 7 % (medians of five alternating runs: 2.03M
 /// against 1.89M); four was no better than three.
 const DURABLE_WINDOW: usize = 3;
+/// The longest one read waits for a disk queue's reader to catch up (see `pace_to_readers`).
+/// Long enough for a sink that only lacked CPU to take a batch or two; short enough that the
+/// one wait a stalled sink costs goes unnoticed.
+const PACE_MAX: Duration = Duration::from_millis(5);
 /// Below this much spare room the buffer grows before the next read.
 const MIN_READ: usize = 4 * 1024;
 /// A push waits this long at most; sockets rely on TCP flow control, not on a deadline.
@@ -277,12 +284,10 @@ impl StreamSource {
             let abandoned = self.push_read(&mut of_read, &mut tally).await;
             connection.record(n as u64, events);
             // A sink that falls out of its disk queue's in-memory tail reads back from the
-            // files and decodes every event again, which slows it further. Letting it run
-            // first while it is still in memory kept S2's file reads at 2-4 % instead of
-            // 12-17 %. This never blocks: with nothing else to run, the read resumes at once.
-            if self.fanout.readers_falling_behind() {
-                tokio::task::yield_now().await;
-            }
+            // files and decodes every event again, which slows it further: while it is about
+            // to, and still reading, the connection lets it catch up first (bounded, and never
+            // for a stalled sink, so a destination that is down does not slow the producer).
+            self.fanout.pace_to_readers(PACE_MAX).await;
             if abandoned {
                 break End::Shutdown;
             }

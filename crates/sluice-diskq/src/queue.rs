@@ -188,6 +188,8 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
             wake: Condvar::new(),
             progress,
             readable,
+            reader_moved: tokio::sync::Notify::new(),
+            reader_stalled_at: std::sync::atomic::AtomicU64::new(u64::MAX),
             space,
             reader: Mutex::new(ReadCursor {
                 seq: rec.start.seq,
@@ -384,19 +386,57 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
         }
     }
 
-    /// A snapshot of counters and watermarks.
-    /// Whether readers are past the older half of the in-memory tail of recent writes: soon,
-    /// if they fall further behind, they read back from the files. (False with no tail.)
+    /// Whether the reader is in the older half of the in-memory tail of recent writes: still
+    /// served from memory, but if it falls further behind it reads back from the files. False
+    /// with no tail, and once the reader is behind the whole tail (then it reads from the files
+    /// whatever appenders do).
     pub fn reader_falling_behind(&self) -> bool {
         let sh = self.shared();
-        let mid = {
+        let (front, mid) = {
             let st = sh.state.lock();
             match (st.tail.front(), st.tail.back()) {
-                (Some(front), Some(back)) => front.first_seq + (back.end_seq - front.first_seq) / 2,
+                (Some(front), Some(back)) => (
+                    front.first_seq,
+                    front.first_seq + (back.end_seq - front.first_seq) / 2,
+                ),
                 _ => return false,
             }
         };
-        Counters::get(&sh.counters.read_seq) < mid
+        let read = Counters::get(&sh.counters.read_seq);
+        (front..mid).contains(&read)
+    }
+
+    /// Waits, at most `max`, while the reader is [falling behind](Self::reader_falling_behind)
+    /// the in-memory tail, so that an appender that outruns an active reader lets it catch up
+    /// instead of pushing it out to the files (where every entry is read and decoded again).
+    ///
+    /// Never waits on a stalled reader: once a caller waited `max` and the reader did not move,
+    /// nobody waits again until it does. So a reader whose destination is down costs appenders
+    /// one wait of `max`, and one whose destination is merely slow at most a wait per append
+    /// until it is behind the whole tail; the files then take the difference.
+    pub async fn pace_to_reader(&self, max: std::time::Duration) {
+        let sh = self.shared();
+        let stalled =
+            || Counters::get(&sh.reader_stalled_at) == Counters::get(&sh.counters.read_seq);
+        if stalled() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + max;
+        loop {
+            // Registered before the check, so a move in between is not missed.
+            let moved = sh.reader_moved.notified();
+            let mut moved = std::pin::pin!(moved);
+            moved.as_mut().enable();
+            if !self.reader_falling_behind() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, moved).await.is_err() {
+                let at = Counters::get(&sh.counters.read_seq);
+                sh.reader_stalled_at
+                    .store(at, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
+        }
     }
 
     /// The seq the next append will get (cheaper than [`DiskQueue::stats`]).
@@ -410,6 +450,7 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
         self.shared().counters.sync_latency.snapshot()
     }
 
+    /// A snapshot of counters and watermarks.
     pub fn stats(&self) -> Stats {
         let sh = self.shared();
         let read_seq = sh.reader.lock().seq;
@@ -436,6 +477,7 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
             file_read_entries: Counters::get(&c.file_read_entries),
             write_failed: p.failed.is_some(),
             preallocated_segments: Counters::get(&sh.spare.used),
+            recycled_segments: Counters::get(&sh.spare.recycled),
             spare_bytes: Counters::get(&sh.spare.bytes),
         }
     }

@@ -103,11 +103,18 @@ pub(crate) fn try_read<M, T: Handout<M>>(
         max_entries,
         max_bytes,
     };
+    let started_at = cur.seq;
+    let moved = |seq: Seq| {
+        if seq != started_at {
+            sh.reader_moved.notify_waiters();
+        }
+    };
     loop {
         sh.counters
             .read_seq
             .store(cur.seq, std::sync::atomic::Ordering::Relaxed);
         if batch.full() {
+            moved(cur.seq);
             return Ok(Some(batch.out));
         }
         let (visible, chunk) = {
@@ -118,6 +125,7 @@ pub(crate) fn try_read<M, T: Handout<M>>(
                 st.durable.min(st.written)
             };
             if cur.seq >= visible {
+                moved(cur.seq);
                 let closed = sh.progress.borrow().closed;
                 return Ok(if !batch.out.is_empty() || closed {
                     Some(batch.out)

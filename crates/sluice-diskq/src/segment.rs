@@ -22,16 +22,26 @@
 //!   `prep.rs`), and direct I/O pads a segment's last block with zeros (see `direct.rs`), so from a record boundary, bytes that are all zero up to the end of the file
 //!   are [`Item::Unused`]: the segment's live data ends there, cleanly. An all-zero header is
 //!   never a valid record (its checksum field, 0, never matches: CRC-32C of eight zero bytes
-//!   is not 0), so this cannot hide a record. Anything else that is not a record — including
-//!   zeros followed by stray record bytes, the shape a crash leaves when a later page of a
-//!   write reached the disk and an earlier one did not — is corrupt or a torn tail, never
-//!   unused space. Runs of zeros are compared a window at a time, not byte by byte, both here
-//!   and while resynchronising, so a mostly empty 64 MiB segment scans quickly.
+//!   is not 0), so this cannot hide a record. Runs of zeros are compared a window at a time,
+//!   not byte by byte, both here and while resynchronising, so a mostly empty 64 MiB segment
+//!   scans quickly.
+//! - **A recycled file's old records are unused space too.** A segment may be made from an
+//!   older, fully acknowledged segment file renamed instead of deleted (see `prep.rs`), so
+//!   past its live end lie the records of the file's previous life. They are recognised as
+//!   such when the bytes from the live end to the next [`BLOCK`] boundary are zeros (the padding
+//!   of every direct write, see `direct.rs`; recycling is only done with direct I/O) and the
+//!   first valid record after that boundary (looked for within [`STALE_SEARCH`]) carries a
+//!   seq below the expected one: sequence numbers only grow, so it can only be old. Then the
+//!   rest of the file is [`Item::Unused`].
+//! - Anything else that is not a record — including zeros followed by stray record bytes, the
+//!   shape a crash leaves when a later page of a write reached the disk and an earlier one did
+//!   not — is corrupt or a torn tail, never unused space.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::direct::BLOCK;
 use crate::record::{self, Decoded, ENTRY_PREFIX_LEN, FORMAT_MAX_PAYLOAD, HEADER_LEN, MAX_SEQ};
 use crate::{Error, Seq};
 
@@ -40,6 +50,11 @@ pub const SEGMENT_EXT: &str = "seg";
 
 /// Read granularity of the scanner.
 const CHUNK: usize = 64 * 1024;
+
+/// How far past a segment's live end (and its padding) the scanner looks for an old record of
+/// a recycled file. Records are usually one socket read (64 KiB) or one HTTP request, so an old
+/// one starts well within this; a larger one leaves the bytes a torn tail (a false alarm).
+pub(crate) const STALE_SEARCH: u64 = 4 << 20;
 
 /// The path of the segment whose first sequence number is `first`.
 pub fn segment_path(dir: &Path, first: Seq) -> PathBuf {
@@ -100,9 +115,10 @@ pub enum Item {
         /// What was wrong with the first bad record.
         reason: String,
     },
-    /// Zero bytes from a record boundary to the end of the file: space preallocated for
-    /// records and not used yet. The segment's live data ends at `offset`; the next call
-    /// returns [`Item::End`].
+    /// Zero bytes from a record boundary to the end of the file, or a recycled file's old
+    /// records after the zero padding of the live end's block: space preallocated for records
+    /// and not used yet. The segment's live data ends at `offset`; the next call returns
+    /// [`Item::End`].
     Unused {
         /// Where the zeros start (the live end of the segment).
         offset: u64,
@@ -231,7 +247,8 @@ impl<'a> Scanner<'a> {
         self.buf_start = at;
         if got < want {
             // The file shrank since it was measured: the writer trims direct I/O's zero padding
-            // off a segment it leaves (see `writer.rs`). Only zeros past the live end go.
+            // and a spare's unused rest off a segment it leaves (see `writer.rs`). Only bytes
+            // past the live end go.
             self.file_len = at + got as u64;
         }
         Ok(got >= n)
@@ -343,6 +360,41 @@ impl<'a> Scanner<'a> {
             .is_some_and(|h| h.iter().all(|b| *b == 0)))
     }
 
+    /// Whether what lies past the live end `at` is a recycled file's old contents (see the
+    /// module documentation): zeros up to the next block boundary, and after it, as the first
+    /// valid record within [`STALE_SEARCH`], one whose seq is below the expected one.
+    fn stale_after(&mut self, at: u64) -> Result<bool, Error> {
+        let boundary = at.next_multiple_of(BLOCK as u64);
+        if boundary >= self.file_len || self.zeros_end(at)? < boundary {
+            return Ok(false);
+        }
+        let limit = boundary.saturating_add(STALE_SEARCH).min(self.file_len);
+        let mut q = boundary;
+        while q + HEADER_LEN as u64 <= limit {
+            if self.zero_header(q)? {
+                let end = self.zeros_end(q)?;
+                q = (end + 1).saturating_sub(HEADER_LEN as u64).max(q + 1);
+                continue;
+            }
+            if !self.ensure(q, HEADER_LEN)? {
+                break;
+            }
+            // Only a header whose record ends within the search is worth a checksum: that
+            // bounds what a garbage length can make the scanner read.
+            let header = self.buf.get(self.rel(q)..).and_then(record::read_header);
+            let fits = header.is_some_and(|h| {
+                h.len <= FORMAT_MAX_PAYLOAD
+                    && h.seq <= MAX_SEQ
+                    && q + HEADER_LEN as u64 + u64::from(h.len) <= limit
+            });
+            if fits && let Ok((seq, _, _)) = self.record_at(q, 0)? {
+                return Ok(seq < self.expected);
+            }
+            q += 1;
+        }
+        Ok(false)
+    }
+
     /// Finds the next offset after `from` holding a valid record (`Ok(q)`), or, if there is
     /// none, where the bad bytes end (`Err(end)`): the start of a run of zeros reaching the
     /// end of the file, or the file length.
@@ -386,7 +438,7 @@ impl<'a> Scanner<'a> {
                 })
             }
             Err(reason) => {
-                if self.zeros_end(at)? >= self.file_len {
+                if self.zeros_end(at)? >= self.file_len || self.stale_after(at)? {
                     self.pos = self.file_len;
                     return Ok(Item::Unused {
                         offset: at,

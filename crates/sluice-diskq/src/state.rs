@@ -265,6 +265,11 @@ pub(crate) struct Shared<M> {
     pub readable: watch::Sender<()>,
     /// Epoch bumped whenever space may have been freed.
     pub space: watch::Sender<u64>,
+    /// Notified whenever the read cursor moves on (see `DiskQueue::pace_to_reader`).
+    pub reader_moved: tokio::sync::Notify,
+    /// The read cursor's seq when a `pace_to_reader` caller last gave up waiting for it to
+    /// move (`u64::MAX`: never): while it stays there the reader is stalled, and nobody waits.
+    pub reader_stalled_at: AtomicU64,
     pub reader: Mutex<ReadCursor>,
     /// Chunk buffers recycled from the tail to appenders.
     pub pool: Arc<BufPool>,

@@ -368,7 +368,7 @@ impl<M> Writer<M> {
 
     /// `fdatasync`s the open segment. With `seal` (the writer leaves the segment: roll-over or
     /// close), it first trims direct I/O's zero padding, so a segment the writer is done with
-    /// is exactly as long as its records (unless it was made from a spare). Returns false on
+    /// is exactly as long as its records (a spare's unused rest goes too). Returns false on
     /// failure.
     fn sync_file(&mut self, seal: bool) -> bool {
         if !self.flush_direct() {
@@ -457,6 +457,10 @@ impl<M> Writer<M> {
         }
         // Delete what the durable checkpoint covers. This also runs when the checkpoint was
         // already up to date, e.g. when a fully acknowledged active segment was just rolled over.
+        // Old records are told apart from new ones only past a block of zero padding, which
+        // only direct writes leave (see `segment.rs`): only then is a segment recycled.
+        let seg_bytes = self.shared.opts.segment_bytes;
+        let mut recycle = self.direct.is_some() && self.shared.opts.preallocate;
         let mut doomed = Vec::new();
         let low = {
             let mut st = self.shared.state.lock();
@@ -473,10 +477,24 @@ impl<M> Writer<M> {
             if !st.front_deletable(st.acks.low_water()) {
                 st.ckpt_urgent = false;
             }
+            recycle &= !(st.close_requested || st.shutdown)
+                && seg_bytes
+                    .checked_mul(2)
+                    .and_then(|two| two.checked_add(st.disk_bytes))
+                    .is_some_and(|need| need <= self.shared.opts.max_bytes);
             covered
         };
         for first in &doomed {
             let path = segment::segment_path(&self.shared.dir, *first);
+            // One acknowledged segment may become the next spare instead (see `prep.rs`): at
+            // least half a segment of blocks that a new segment then overwrites.
+            if recycle {
+                let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+                if len >= seg_bytes / 2 && self.shared.spare.recycle(&self.shared.dir, &path, len) {
+                    recycle = false;
+                    continue;
+                }
+            }
             if let Err(e) = std::fs::remove_file(&path)
                 && e.kind() != std::io::ErrorKind::NotFound
             {
@@ -495,12 +513,12 @@ impl<M> Writer<M> {
     }
 }
 
-/// Cuts the zeros direct I/O padded the segment's last block with (see `direct.rs`), if that
-/// is all that lies past its live end. Returns whether the file changed.
+/// Cuts whatever lies past the segment's live end: the zeros direct I/O padded its last block
+/// with (see `direct.rs`), and the unused rest of a spare it was made from (zeros, or a
+/// recycled file's old records). Returns whether the file changed.
 fn trim_padding(seg: &OpenSegment) -> std::io::Result<bool> {
     let len = seg.file.metadata()?.len();
-    let padded = seg.written_len.next_multiple_of(direct::BLOCK as u64);
-    if len <= seg.written_len || len > padded {
+    if len <= seg.written_len {
         return Ok(false);
     }
     seg.file.set_len(seg.written_len)?;

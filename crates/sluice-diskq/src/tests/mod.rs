@@ -7,6 +7,7 @@ mod entries;
 mod group_commit;
 mod kill;
 mod model;
+mod pacing;
 mod prealloc;
 mod scanner;
 

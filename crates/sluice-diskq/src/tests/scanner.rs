@@ -81,6 +81,76 @@ fn an_all_zero_header_is_never_a_record() {
     ));
 }
 
+/// A recycled segment file's old life: records with seqs `first..first + n` from offset 0,
+/// cut at `len` bytes (mid-record, as a new life's live end usually lands).
+fn old_life(first: Seq, n: u64, len: usize) -> Vec<u8> {
+    let mut old = Vec::new();
+    for seq in first..first + n {
+        encode_into(&mut old, seq, &[0xab; 700]);
+    }
+    old.truncate(len);
+    old
+}
+
+#[test]
+fn old_records_past_the_zero_padded_live_end_are_unused_space() {
+    // The new life: three records from seq 1000, zero padding to the block boundary (as every
+    // direct write leaves it), then what the file held before, from that boundary on.
+    let old = old_life(10, 100, 60_000);
+    let mut buf = Vec::new();
+    for seq in 1000..1003 {
+        encode_into(&mut buf, seq, b"new");
+    }
+    let live_end = buf.len() as u64;
+    buf.resize(4096, 0);
+    buf.extend_from_slice(&old[4096..]);
+    let items = scan_all(&buf, 1000);
+    assert_eq!(seqs(&items), vec![1000, 1001, 1002]);
+    assert_eq!(
+        items.last(),
+        Some(&Item::Unused {
+            offset: live_end,
+            bytes: buf.len() as u64 - live_end
+        })
+    );
+    // A live end on a block boundary needs no padding; nothing written yet, neither.
+    let mut aligned = Vec::new();
+    encode_into(&mut aligned, 1000, &[1; 4096 - HEADER_LEN]);
+    aligned.extend_from_slice(&old[4096..]);
+    assert_eq!(seqs(&scan_all(&aligned, 1000)), vec![1000]);
+    assert!(matches!(
+        scan_all(&aligned, 1000).last(),
+        Some(Item::Unused { offset: 4096, .. })
+    ));
+    assert!(matches!(
+        scan_all(&old, 1000)[..],
+        [Item::Unused { offset: 0, .. }]
+    ));
+}
+
+#[test]
+fn old_records_without_the_padding_or_after_a_new_record_are_not_unused() {
+    let old = old_life(10, 100, 60_000);
+    let mut buf = Vec::new();
+    encode_into(&mut buf, 1000, b"new");
+    // Stray bytes right after the live end (no zero padding): a torn write, not old data.
+    let mut torn = buf.clone();
+    torn.extend_from_slice(&old[100..]);
+    assert!(
+        matches!(scan_all(&torn, 1000).last(), Some(Item::Tail { .. })),
+        "{:?}",
+        scan_all(&torn, 1000)
+    );
+    // A valid new record after the padding means the gap is damage, even with old ones later.
+    let mut gap = buf.clone();
+    gap.resize(4096, 0);
+    encode_into(&mut gap, 1001, b"after the gap");
+    gap.extend_from_slice(&old[10_000..]);
+    let items = scan_all(&gap, 1000);
+    assert_eq!(seqs(&items), vec![1000, 1001]);
+    assert!(matches!(items[1], Item::Corrupt { .. }), "{items:?}");
+}
+
 #[test]
 fn zeros_after_the_last_record_are_unused_space() {
     let mut buf = Vec::new();

@@ -1,0 +1,77 @@
+//! Pacing appenders to the reader: a reader about to fall out of the in-memory tail is waited
+//! for while it reads on, and never when it has stalled.
+
+use std::time::{Duration, Instant};
+
+use super::{fill, small_opts};
+use crate::{DiskQueue, Options};
+
+#[tokio::test]
+async fn appenders_wait_for_a_reader_falling_behind_but_never_twice_for_a_stalled_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        max_bytes: 16 << 20,
+        segment_bytes: 1 << 20,
+        read_cache_bytes: 8 << 20,
+        ..small_opts()
+    };
+    let (q, _) = DiskQueue::<()>::open(dir.path(), opts).unwrap();
+    let soon = Duration::from_secs(2);
+
+    // Nothing to read: nobody waits.
+    let t = Instant::now();
+    q.pace_to_reader(Duration::from_secs(30)).await;
+    assert!(t.elapsed() < soon);
+
+    // Ten rounds of writes, all in the tail; the reader takes the first round only, so it is
+    // in the older half of the tail.
+    for round in 0..10 {
+        fill(&q, round * 20, 20).await;
+    }
+    assert_eq!(q.try_read_batch(20, 1 << 20).unwrap().unwrap().len(), 20);
+    assert!(q.reader_falling_behind(), "{:?}", q.stats());
+
+    // The reader does not move: one wait of the whole bound, and then no more.
+    let t = Instant::now();
+    q.pace_to_reader(Duration::from_millis(200)).await;
+    assert!(t.elapsed() >= Duration::from_millis(200));
+    let t = Instant::now();
+    q.pace_to_reader(Duration::from_secs(30)).await;
+    assert!(t.elapsed() < soon, "waited again for a stalled reader");
+
+    // It reads on: appenders wait again, and only until it is out of the older half.
+    assert_eq!(q.try_read_batch(10, 1 << 20).unwrap().unwrap().len(), 10);
+    let reader = {
+        let q = q.clone();
+        tokio::spawn(async move {
+            while q.reader_falling_behind() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                q.try_read_batch(10, 1 << 20).unwrap();
+            }
+        })
+    };
+    let t = Instant::now();
+    q.pace_to_reader(Duration::from_secs(30)).await;
+    assert!(t.elapsed() < Duration::from_secs(20));
+    assert!(!q.reader_falling_behind(), "{:?}", q.stats());
+    reader.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_reader_behind_the_whole_tail_is_not_waited_for() {
+    let dir = tempfile::tempdir().unwrap();
+    // Ten rounds of 20 KiB through a 16 KiB tail: the unread first rounds are only in the
+    // files, where the reader will read them whatever appenders do, so nobody waits for it.
+    let (q, _) = DiskQueue::<()>::open(dir.path(), small_opts()).unwrap();
+    for _ in 0..10 {
+        let mut last = 0;
+        for _ in 0..20 {
+            last = q.append(&[9u8; 1024]).unwrap();
+        }
+        q.wait_durable(last).await.unwrap();
+    }
+    assert!(q.stats().read_seq == 0 && !q.reader_falling_behind());
+    let t = Instant::now();
+    q.pace_to_reader(Duration::from_secs(30)).await;
+    assert!(t.elapsed() < Duration::from_secs(2));
+}
