@@ -117,6 +117,10 @@ pub(crate) struct Spare {
     pub used: AtomicU64,
     /// Acknowledged segments the writer renamed to the spare instead of deleting them.
     pub recycled: AtomicU64,
+    /// Tests set it to have only recycled spares: with small syncs, a zero-filled spare is
+    /// nearly always ready first, and recycling would rarely be exercised.
+    #[cfg(test)]
+    pub no_zero_fill: AtomicBool,
 }
 
 impl Spare {
@@ -181,6 +185,14 @@ impl Spare {
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
+
+    fn may_zero_fill(&self) -> bool {
+        #[cfg(test)]
+        if self.no_zero_fill.load(Ordering::Relaxed) {
+            return false;
+        }
+        true
+    }
 }
 
 /// Whether the queue is busy enough to want a spare, has room for one, and may still use one.
@@ -232,7 +244,7 @@ pub(crate) fn run<M>(shared: Arc<Shared<M>>) {
                 }
                 let now = Instant::now();
                 let waiting = retry_at.is_some_and(|t| now < t);
-                let worth_it = syncs_are_small(&shared, &mut last_look);
+                let worth_it = syncs_are_small(&shared, &mut last_look) && spare.may_zero_fill();
                 if !*ready && !waiting && room(&shared) && worth_it {
                     spare.preparing.store(true, Ordering::Relaxed);
                     break;

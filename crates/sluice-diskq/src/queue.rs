@@ -510,6 +510,15 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
     /// Test-only: stops the writer as a crash would — buffered appends are never written, a
     /// write may not be followed by its sync, no checkpoint is written — then releases the
     /// directory. Returns the active segment and how much of it the sync policy covered.
+    /// Spares are only ever recycled segments from now on (see `prep.rs`).
+    #[cfg(test)]
+    pub(crate) fn only_recycled_spares(&self) {
+        let spare = &self.shared().spare;
+        spare
+            .no_zero_fill
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     #[cfg(test)]
     pub(crate) fn crash(self) -> ExitInfo {
         let info = self.inner.stop_writer(true);

@@ -151,7 +151,13 @@ fn open(
     small: bool,
     early: bool,
 ) -> (DiskQueue<u64>, crate::RecoveryReport) {
-    DiskQueue::open(dir, opts(sync, small, early)).expect("reopen must never fail on crash damage")
+    let (q, report) = DiskQueue::open(dir, opts(sync, small, early))
+        .expect("reopen must never fail on crash damage");
+    if !small {
+        // Direct I/O: spares are recycled segments, whose old records crashes leave behind.
+        q.only_recycled_spares();
+    }
+    (q, report)
 }
 
 async fn run(
