@@ -487,10 +487,14 @@ impl<M> Writer<M> {
         for first in &doomed {
             let path = segment::segment_path(&self.shared.dir, *first);
             // One acknowledged segment may become the next spare instead (see `prep.rs`): at
-            // least half a segment of blocks that a new segment then overwrites.
+            // least half a segment of blocks that a new segment then overwrites, and no more
+            // than a segment (one oversized record gets a segment of its own), so the spare
+            // never takes more disk than `max_bytes` left room for.
             if recycle {
                 let len = std::fs::metadata(&path).map_or(0, |m| m.len());
-                if len >= seg_bytes / 2 && self.shared.spare.recycle(&self.shared.dir, &path, len) {
+                if (seg_bytes / 2..=seg_bytes).contains(&len)
+                    && self.shared.spare.recycle(&self.shared.dir, &path, len)
+                {
                     recycle = false;
                     continue;
                 }
