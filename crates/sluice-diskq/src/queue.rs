@@ -507,10 +507,7 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
         }
     }
 
-    /// Test-only: stops the writer as a crash would — buffered appends are never written, a
-    /// write may not be followed by its sync, no checkpoint is written — then releases the
-    /// directory. Returns the active segment and how much of it the sync policy covered.
-    /// Spares are only ever recycled segments from now on (see `prep.rs`).
+    /// Test-only: spares are only ever recycled segments from now on (see `prep.rs`).
     #[cfg(test)]
     pub(crate) fn only_recycled_spares(&self) {
         let spare = &self.shared().spare;
@@ -519,6 +516,9 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Test-only: stops the writer as a crash would — buffered appends are never written, a
+    /// write may not be followed by its sync, no checkpoint is written — then releases the
+    /// directory. Returns the active segment and how much of it the sync policy covered.
     #[cfg(test)]
     pub(crate) fn crash(self) -> ExitInfo {
         let info = self.inner.stop_writer(true);
