@@ -52,28 +52,15 @@ pub enum QueueKind {
     Disk,
 }
 
-/// Parses `250ms`, `5s`, `2m`, `1h` (a bare number is seconds).
+/// Parses a duration as the relay's config does (`250ms`, `5s`, `2m`, `1h 30m`: humantime);
+/// a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: f64 = n
-        .parse()
-        .map_err(|_| format!("expected a duration like 250ms, 5s or 2m, found {s:?}"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => {
-            return Err(format!(
-                "unknown duration unit {unit:?} in {s:?} (ms, s, m, h)"
-            ));
-        }
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+    if let Ok(secs) = s.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("expected a duration like 250ms, 5s or 2m, found {s:?} ({e})"))
 }
 
 /// `sluice bench` arguments.
