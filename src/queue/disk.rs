@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use sluice_diskq::{AppendError, Entry, Options, RecordBatch, RecoveryReport, Seq, SyncPolicy};
+use sluice_diskq::{AppendError, MemoOr, Options, RecordBatch, RecoveryReport, Seq, SyncPolicy};
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -270,7 +270,7 @@ impl DiskQueue {
         if self.stop.is_cancelled() {
             return (Vec::new(), Vec::new());
         }
-        let mut records = match self.log.read_entries(max_events, limits.max_bytes).await {
+        let mut records = match self.log.read_memos(max_events, limits.max_bytes).await {
             Ok(records) => records,
             Err(error) => {
                 warn!(sink = %self.ledger.name, %error, "Cannot read the disk queue.");
@@ -283,14 +283,14 @@ impl DiskQueue {
         // queue's in-memory tail (then it reads back from the files).
         if !records.is_empty() && records.len() < max_events && !limits.timeout.is_zero() {
             let deadline = Instant::now() + limits.timeout;
-            let mut bytes: usize = records.iter().map(|e| e.bytes.len()).sum();
+            let mut bytes: usize = records.iter().map(MemoOr::len).sum();
             while records.len() < max_events && bytes < limits.max_bytes {
                 let more = self
                     .log
-                    .read_entries(max_events - records.len(), limits.max_bytes - bytes);
+                    .read_memos(max_events - records.len(), limits.max_bytes - bytes);
                 match timeout_at(deadline, more).await {
                     Ok(Ok(more)) if !more.is_empty() => {
-                        bytes += more.iter().map(|e| e.bytes.len()).sum::<usize>();
+                        bytes += more.iter().map(MemoOr::len).sum::<usize>();
                         records.extend(more);
                     }
                     // The deadline, a closed queue (empty), or an error the next call reports.
@@ -316,12 +316,8 @@ impl DiskQueue {
             name
         };
         let mut waiting = self.waiting.lock();
-        for Entry {
-            seq,
-            bytes: record,
-            memo,
-        } in records
-        {
+        for record in records {
+            let seq = record.seq();
             bytes += record.len() as i64;
             if waiting
                 .lost
@@ -337,20 +333,23 @@ impl DiskQueue {
             } else {
                 waiting.events.remove(&seq)
             };
-            let event = match waited.or(memo) {
-                Some(event) => event,
-                None => match codec::decode(record, &source_name) {
-                    Ok(event) => Arc::new(event),
-                    Err(error) => {
-                        if let Some(suppressed) = self.errors.check() {
-                            warn!(sink = %self.ledger.name, seq, %error, suppressed, "Skipping a record that is not an event.");
-                        }
-                        self.ledger.queued_events.dec();
-                        self.ledger.dropped(DropReason::DecodeError, 1);
-                        self.log.ack(seq);
-                        continue;
+            let decoded = match (waited, record) {
+                (Some(event), _) | (None, MemoOr::Memo { memo: event, .. }) => Ok(event),
+                (None, MemoOr::Bytes { bytes, .. }) => {
+                    codec::decode(bytes, &source_name).map(Arc::new)
+                }
+            };
+            let event = match decoded {
+                Ok(event) => event,
+                Err(error) => {
+                    if let Some(suppressed) = self.errors.check() {
+                        warn!(sink = %self.ledger.name, seq, %error, suppressed, "Skipping a record that is not an event.");
                     }
-                },
+                    self.ledger.queued_events.dec();
+                    self.ledger.dropped(DropReason::DecodeError, 1);
+                    self.log.ack(seq);
+                    continue;
+                }
             };
             events.push(event);
             seqs.push(seq);

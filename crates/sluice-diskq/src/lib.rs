@@ -213,7 +213,7 @@ pub use error::{AppendError, Error, WriteFailure};
 pub use inspect::{InspectReport, SegmentReport, inspect};
 pub use latency::LatencyHistogram;
 pub use queue::DiskQueue;
-pub use reader::Entry;
+pub use reader::{Entry, MemoOr};
 pub use recovery::{RecoveryReport, SkippedRegion};
 
 /// An entry's sequence number: per queue, contiguous from 0, surviving restarts.

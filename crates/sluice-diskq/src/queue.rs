@@ -17,7 +17,7 @@ use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::{oneshot, watch};
 
-use crate::reader::{Entry, Handout};
+use crate::reader::{Entry, Handout, MemoOr};
 use crate::state::{Counters, Progress, ReadCursor, Shared, State};
 use crate::writer::{self, ExitInfo};
 use crate::{Error, LatencyHistogram, Options, RecoveryReport, Seq, Stats, SyncPolicy, recovery};
@@ -310,6 +310,17 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
         max_bytes: usize,
     ) -> Result<Option<Vec<Entry<M>>>, Error> {
         crate::reader::try_read(self.shared(), max_entries.max(1), max_bytes)
+    }
+
+    /// [`DiskQueue::read_entries`] for a reader that wants an entry's memo or its bytes, not
+    /// both: an entry served with its memo is not sliced out of the written data (see
+    /// [`MemoOr`]).
+    pub async fn read_memos(
+        &self,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<MemoOr<M>>, Error> {
+        self.read_waiting(max_entries, max_bytes).await
     }
 
     /// [`DiskQueue::read_entries`] without the memos: `(seq, bytes)` pairs.

@@ -45,25 +45,97 @@ pub struct Entry<M> {
     pub memo: Option<M>,
 }
 
-/// What a read hands out per entry: an [`Entry`] with its memo, or a bare `(seq, bytes)` pair
-/// (for `read_batch`, which so never looks a memo up).
+/// One entry handed out by [`crate::DiskQueue::read_memos`]: its memo if it has one, else
+/// its bytes. An entry with a memo is not sliced out of the written data at all: a reader
+/// that only wants the memo saves the reference count's two atomic operations per entry (2 %
+/// of the relay's CPU in S2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemoOr<M> {
+    /// Served from the in-memory tail, with the memo attached at append.
+    Memo {
+        seq: Seq,
+        /// The entry's length in bytes.
+        len: usize,
+        memo: M,
+    },
+    /// Without a memo (read from a file, or appended without one): the entry's bytes.
+    Bytes { seq: Seq, bytes: Bytes },
+}
+
+impl<M> MemoOr<M> {
+    /// The entry's sequence number, to acknowledge it with.
+    pub fn seq(&self) -> Seq {
+        match self {
+            MemoOr::Memo { seq, .. } | MemoOr::Bytes { seq, .. } => *seq,
+        }
+    }
+
+    /// The entry's length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            MemoOr::Memo { len, .. } => *len,
+            MemoOr::Bytes { bytes, .. } => bytes.len(),
+        }
+    }
+
+    /// Whether the entry is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What a read hands out per entry: an [`Entry`] with its memo, a [`MemoOr`], or a bare
+/// `(seq, bytes)` pair (for `read_batch`, which so never looks a memo up). The entry's bytes
+/// are sliced only when asked for.
 pub(crate) trait Handout<M> {
-    fn make(seq: Seq, bytes: Bytes, memo: impl FnOnce() -> Option<M>) -> Self;
+    fn make(
+        seq: Seq,
+        len: usize,
+        bytes: impl FnOnce() -> Bytes,
+        memo: impl FnOnce() -> Option<M>,
+    ) -> Self;
 }
 
 impl<M> Handout<M> for Entry<M> {
-    fn make(seq: Seq, bytes: Bytes, memo: impl FnOnce() -> Option<M>) -> Self {
+    fn make(
+        seq: Seq,
+        _len: usize,
+        bytes: impl FnOnce() -> Bytes,
+        memo: impl FnOnce() -> Option<M>,
+    ) -> Self {
         Entry {
             seq,
-            bytes,
+            bytes: bytes(),
             memo: memo(),
         }
     }
 }
 
+impl<M> Handout<M> for MemoOr<M> {
+    fn make(
+        seq: Seq,
+        len: usize,
+        bytes: impl FnOnce() -> Bytes,
+        memo: impl FnOnce() -> Option<M>,
+    ) -> Self {
+        match memo() {
+            Some(memo) => MemoOr::Memo { seq, len, memo },
+            None => MemoOr::Bytes {
+                seq,
+                bytes: bytes(),
+            },
+        }
+    }
+}
+
 impl<M> Handout<M> for (Seq, Bytes) {
-    fn make(seq: Seq, bytes: Bytes, _memo: impl FnOnce() -> Option<M>) -> Self {
-        (seq, bytes)
+    fn make(
+        seq: Seq,
+        _len: usize,
+        bytes: impl FnOnce() -> Bytes,
+        _memo: impl FnOnce() -> Option<M>,
+    ) -> Self {
+        (seq, bytes())
     }
 }
 
@@ -80,12 +152,17 @@ impl<T> Batch<T> {
         self.out.len() >= self.max_entries || (self.bytes >= self.max_bytes && !self.out.is_empty())
     }
 
-    fn push<M>(&mut self, seq: Seq, bytes: Bytes, memo: impl FnOnce() -> Option<M>)
-    where
+    fn push<M>(
+        &mut self,
+        seq: Seq,
+        len: usize,
+        bytes: impl FnOnce() -> Bytes,
+        memo: impl FnOnce() -> Option<M>,
+    ) where
         T: Handout<M>,
     {
-        self.bytes += bytes.len();
-        self.out.push(T::make(seq, bytes, memo));
+        self.bytes += len;
+        self.out.push(T::make(seq, len, bytes, memo));
     }
 }
 
@@ -232,8 +309,9 @@ fn take_entries<M, T: Handout<M>>(
         if batch.full() || seq >= visible {
             return false;
         }
-        let bytes = rec.bytes.slice(base + range.start..base + range.end);
-        batch.push(seq, bytes, || memo(seq));
+        let len = range.len();
+        let bytes = || rec.bytes.slice(base + range.start..base + range.end);
+        batch.push(seq, len, bytes, || memo(seq));
         *next = seq + 1;
     }
     true

@@ -7,7 +7,7 @@ use std::fs::OpenOptions;
 use std::sync::Arc;
 
 use super::small_opts;
-use crate::{AppendError, DiskQueue, Entry, Options, RecordBatch, Seq, segment};
+use crate::{AppendError, DiskQueue, Entry, MemoOr, Options, RecordBatch, Seq, segment};
 
 fn batch_of(entries: &[Vec<u8>]) -> RecordBatch {
     let mut batch = RecordBatch::new();
@@ -197,6 +197,51 @@ async fn memos_come_back_from_the_tail_and_are_none_after_reopen() {
     assert_eq!(got.len(), 4);
     assert!(got.iter().all(|e| e.memo.is_none()));
     assert_eq!(&got[3].bytes[..], b"b");
+}
+
+#[tokio::test]
+async fn read_memos_gives_the_memo_or_else_the_bytes_with_lengths_either_way() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (q, _) = DiskQueue::<Arc<str>>::open(dir.path(), small_opts()).unwrap();
+        q.append_with_memo(b"single", Arc::from("event")).unwrap();
+        q.append(b"no memo").unwrap();
+        let batch = batch_of(&[b"a".to_vec(), b"bc".to_vec()]);
+        let both = q
+            .append_batch(&batch, vec![Arc::from("first"), Arc::from("second")])
+            .unwrap();
+        q.wait_durable(both.end - 1).await.unwrap();
+        let got = q.read_memos(10, 1 << 20).await.unwrap();
+        // (seq, length, memo, or else the bytes as text)
+        let shape: Vec<(u64, usize, String)> = got
+            .iter()
+            .map(|e| match e {
+                MemoOr::Memo { seq, len, memo } => (*seq, *len, format!("memo {memo}")),
+                MemoOr::Bytes { seq, bytes } => (
+                    *seq,
+                    bytes.len(),
+                    format!("bytes {}", String::from_utf8_lossy(bytes)),
+                ),
+            })
+            .collect();
+        let want = [
+            (0, 6, "memo event"),
+            (1, 7, "bytes no memo"),
+            (2, 1, "memo first"),
+            (3, 2, "memo second"),
+        ];
+        assert_eq!(shape, want.map(|(s, l, t)| (s, l, t.to_string())).to_vec());
+        assert_eq!(got.iter().map(MemoOr::len).sum::<usize>(), 16);
+        q.close().await.unwrap();
+    }
+    // After a reopen there are no memos: every entry comes with its bytes.
+    let (q, _) = DiskQueue::<Arc<str>>::open(dir.path(), small_opts()).unwrap();
+    let got = q.read_memos(10, 1 << 20).await.unwrap();
+    assert_eq!(
+        got.iter().map(MemoOr::seq).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3]
+    );
+    assert!(matches!(&got[3], MemoOr::Bytes { bytes, .. } if &bytes[..] == b"bc"));
 }
 
 #[tokio::test]
