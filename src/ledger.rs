@@ -18,20 +18,25 @@
 //! and says whether it managed (`settled`). A settled snapshot that does not balance is a bug.
 //!
 //! Stream sources also list their open [`connections`] (read after the counters settle, so a
-//! busy connection does not keep the snapshot from settling), and disk queues hand their sync
-//! figures to `/metrics` through [`disk_metrics`].
+//! busy connection does not keep the snapshot from settling), and count the time their
+//! connections waited before reading on, by [`WaitReason`] (the producers' backpressure: a
+//! disk queue's sync, or its sink); disk queues hand their sync figures to `/metrics` through
+//! [`disk_metrics`].
 
 pub mod connections;
 pub mod disk_metrics;
+mod reasons;
+
+pub use reasons::{AttemptOutcome, DropReason, WaitReason};
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use std::fmt::Write as _;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -40,108 +45,6 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 
 use connections::{ConnectionRegistry, ConnectionsSnapshot};
-
-/// Why an event was dropped: a closed set, so metrics stay bounded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum DropReason {
-    /// The queue was full (`drop_newest`, `drop_oldest`, or `block` past `accept_timeout`).
-    QueueFull,
-    /// Larger than the source's limit (HTTP 413).
-    FrameTooLarge,
-    /// Not a well-formed request or frame.
-    DecodeError,
-    /// The producer did not send the whole request in time.
-    ReadTimeout,
-    /// Missing or wrong credentials (HTTP 401).
-    Unauthorized,
-    /// The destination refused it for good (a 4xx other than 408 and 429).
-    Rejected,
-    /// Every allowed delivery attempt failed.
-    RetriesExhausted,
-    /// Arrived while the relay was shutting down.
-    ShuttingDown,
-    /// The disk queue could not write or sync it (ENOSPC, EIO): never acknowledged.
-    IoError,
-}
-
-impl DropReason {
-    pub const ALL: [DropReason; 9] = [
-        DropReason::QueueFull,
-        DropReason::FrameTooLarge,
-        DropReason::DecodeError,
-        DropReason::ReadTimeout,
-        DropReason::Unauthorized,
-        DropReason::Rejected,
-        DropReason::RetriesExhausted,
-        DropReason::ShuttingDown,
-        DropReason::IoError,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DropReason::QueueFull => "queue_full",
-            DropReason::FrameTooLarge => "frame_too_large",
-            DropReason::DecodeError => "decode_error",
-            DropReason::ReadTimeout => "read_timeout",
-            DropReason::Unauthorized => "unauthorized",
-            DropReason::Rejected => "rejected",
-            DropReason::RetriesExhausted => "retries_exhausted",
-            DropReason::ShuttingDown => "shutting_down",
-            DropReason::IoError => "io_error",
-        }
-    }
-
-    fn index(self) -> usize {
-        Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
-    }
-}
-
-/// How one delivery attempt ended: a closed set for `sluice_delivery_attempts_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum AttemptOutcome {
-    Delivered,
-    /// 408, 429 or 5xx.
-    RetryableStatus,
-    Timeout,
-    ConnectionError,
-    Rejected,
-}
-
-impl AttemptOutcome {
-    pub const ALL: [AttemptOutcome; 5] = [
-        AttemptOutcome::Delivered,
-        AttemptOutcome::RetryableStatus,
-        AttemptOutcome::Timeout,
-        AttemptOutcome::ConnectionError,
-        AttemptOutcome::Rejected,
-    ];
-
-    fn index(self) -> usize {
-        Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AttemptOutcome::Delivered => "delivered",
-            AttemptOutcome::RetryableStatus => "retryable_status",
-            AttemptOutcome::Timeout => "timeout",
-            AttemptOutcome::ConnectionError => "connection_error",
-            AttemptOutcome::Rejected => "rejected",
-        }
-    }
-}
-
-impl EncodeLabelValue for DropReason {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
-        encoder.write_str(self.as_str())
-    }
-}
-
-impl EncodeLabelValue for AttemptOutcome {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
-        encoder.write_str(self.as_str())
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -162,6 +65,12 @@ struct DropLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WaitLabels {
+    component: String,
+    reason: WaitReason,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AttemptLabels {
     component: String,
     outcome: AttemptOutcome,
@@ -179,7 +88,11 @@ pub mod names {
     pub const ATTEMPTS: &str = "sluice_delivery_attempts";
     pub const DURATION: &str = "sluice_delivery_duration_seconds";
     pub const CONNECTIONS_REJECTED: &str = "sluice_connections_rejected";
+    pub const SOURCE_WAIT: &str = "sluice_source_wait_seconds";
 }
+
+/// A counter of seconds.
+type Seconds = Counter<f64, AtomicU64>;
 
 fn new_histogram() -> Histogram {
     // 0.5 ms to ~16 s.
@@ -197,6 +110,7 @@ struct Families {
     attempts: Family<AttemptLabels, Counter>,
     duration: Family<ComponentLabels, Histogram, fn() -> Histogram>,
     connections_rejected: Family<ComponentLabels, Counter>,
+    source_wait: Family<WaitLabels, Seconds>,
 }
 
 /// Every component's counters, and the registry `/metrics` encodes.
@@ -226,6 +140,7 @@ impl Ledger {
             attempts: Family::default(),
             duration: Family::new_with_constructor(new_histogram as fn() -> Histogram),
             connections_rejected: Family::default(),
+            source_wait: Family::default(),
         };
         let mut registry = Registry::default();
         registry.register(
@@ -278,6 +193,11 @@ impl Ledger {
             "Connections closed because the source was at max_connections",
             families.connections_rejected.clone(),
         );
+        registry.register(
+            names::SOURCE_WAIT,
+            "Time a source's connections waited before reading on, by what they waited for",
+            families.source_wait.clone(),
+        );
         let components = Arc::new(Mutex::new(Vec::new()));
         registry.register_collector(Box::new(disk_metrics::DiskQueueCollector {
             components: components.clone(),
@@ -329,6 +249,14 @@ impl Ledger {
             }),
             duration: f.duration.get_or_create(&labels).clone(),
             connections_rejected: f.connections_rejected.get_or_create(&labels).clone(),
+            waited: WaitReason::ALL.map(|reason| {
+                f.source_wait
+                    .get_or_create(&WaitLabels {
+                        component: name.to_string(),
+                        reason,
+                    })
+                    .clone()
+            }),
             connections: ConnectionRegistry::default(),
             queue_detail: OnceLock::new(),
             disk_figures: OnceLock::new(),
@@ -389,6 +317,7 @@ pub struct ComponentLedger {
     attempts: [Counter; AttemptOutcome::ALL.len()],
     duration: Histogram,
     pub connections_rejected: Counter,
+    waited: [Seconds; WaitReason::ALL.len()],
     /// Open connections of a stream source.
     pub connections: ConnectionRegistry,
     /// A sink's queue describing itself at `/stats` (the disk queue's syncs, segments, …).
@@ -403,6 +332,11 @@ pub type QueueDetail = Box<dyn Fn() -> serde_json::Value + Send + Sync>;
 impl ComponentLedger {
     pub fn dropped(&self, reason: DropReason, events: u64) {
         self.dropped[reason.index()].inc_by(events);
+    }
+
+    /// A connection of this source waited `time` for `reason` before reading on.
+    pub fn waited(&self, reason: WaitReason, time: Duration) {
+        self.waited[reason.index()].inc_by(time.as_secs_f64());
     }
 
     pub fn dropped_count(&self, reason: DropReason) -> u64 {
@@ -447,6 +381,11 @@ impl ComponentLedger {
             queued_bytes,
             in_flight,
             connections_rejected: self.connections_rejected.get(),
+            waited_seconds: WaitReason::ALL
+                .iter()
+                .map(|r| (r.as_str(), self.waited[r.index()].get()))
+                .filter(|(_, s)| *s > 0.0)
+                .collect(),
             balanced,
             connections: None,
             queue: None,
@@ -469,6 +408,10 @@ pub struct ComponentStats {
     pub queued_bytes: u64,
     pub in_flight: u64,
     pub connections_rejected: u64,
+    /// Sources: seconds their connections waited before reading on, by cause (summed over
+    /// connections; only causes that occurred).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub waited_seconds: BTreeMap<&'static str, f64>,
     pub balanced: bool,
     /// Stream sources only: their open connections.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -515,6 +458,24 @@ mod tests {
         );
         assert!(
             text.contains("sluice_events_dropped_total{component=\"up\",reason=\"queue_full\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_sources_waits_add_up_by_cause_in_stats_and_metrics() {
+        let ledger = Ledger::new();
+        let source = ledger.component("in", ComponentKind::Source, "tcp");
+        assert!(ledger.stats().components[0].waited_seconds.is_empty());
+        source.waited(WaitReason::Sync, Duration::from_millis(1500));
+        source.waited(WaitReason::Sync, Duration::from_millis(500));
+        source.waited(WaitReason::Sink, Duration::from_millis(250));
+        let waited = &ledger.stats().components[0].waited_seconds;
+        assert_eq!(waited.get("sync"), Some(&2.0));
+        assert_eq!(waited.get("sink"), Some(&0.25));
+        let text = ledger.encode_metrics();
+        assert!(
+            text.contains("sluice_source_wait_seconds_total{component=\"in\",reason=\"sync\"} 2.0"),
             "{text}"
         );
     }

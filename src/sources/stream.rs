@@ -45,7 +45,7 @@ use super::{AckPoint, Fanout, SourceContext, Took};
 use crate::config::error::{ConfigError, Locator};
 use crate::config::{ByteSize, HumanDuration};
 use crate::event::{Attributes, Event, IdGenerator};
-use crate::ledger::{ComponentLedger, DropReason};
+use crate::ledger::{ComponentLedger, DropReason, WaitReason};
 use crate::log_throttle::Throttle;
 
 /// Bytes asked of the socket per read.
@@ -287,7 +287,9 @@ impl StreamSource {
             // files and decodes every event again, which slows it further: while it is about
             // to, and still reading, the connection lets it catch up first (bounded, and never
             // for a stalled sink, so a destination that is down does not slow the producer).
+            let pacing = std::time::Instant::now();
             self.fanout.pace_to_readers(PACE_MAX).await;
+            self.waited(WaitReason::Sink, pacing);
             if abandoned {
                 break End::Shutdown;
             }
@@ -302,7 +304,10 @@ impl StreamSource {
                     due = unsynced.pop_front();
                 }
                 if let Some(previous) = due {
-                    if let Err(reason) = self.fanout.wait_marks(&previous).await {
+                    let syncing = std::time::Instant::now();
+                    let synced = self.fanout.wait_marks(&previous).await;
+                    self.waited(WaitReason::Sync, syncing);
+                    if let Err(reason) = synced {
                         self.warn(
                             &connection.peer,
                             "The disk queue cannot sync; closing the connection.",
@@ -347,6 +352,15 @@ impl StreamSource {
         // `finish` reports what the stream held; anything it would have kept is cut short here.
         if decoder.finish(buf).is_some() {
             self.drop_frame(reason);
+        }
+    }
+
+    /// Counts the wait since `since`, if there was one worth counting (most calls return at
+    /// once, and a shared counter is no place for them).
+    fn waited(&self, reason: WaitReason, since: std::time::Instant) {
+        let waited = since.elapsed();
+        if waited >= Duration::from_micros(10) {
+            self.ledger.waited(reason, waited);
         }
     }
 

@@ -268,6 +268,10 @@ pub struct Ledger {
     pub file_read_events: u64,
     /// The slowest disk queue's p99 wait for a sync (per sync, its oldest event), if any.
     pub sync_wait_p99_ms: Option<f64>,
+    /// Seconds the sources' connections waited before reading on, for a disk queue's sync and
+    /// for its sink (summed over connections).
+    pub source_waited_sync_s: f64,
+    pub source_waited_sink_s: f64,
     /// The whole `/stats` document, for `--json`.
     #[serde(skip_serializing_if = "serde_json::Value::is_null")]
     pub raw: serde_json::Value,
@@ -291,7 +295,16 @@ impl Ledger {
         let comps = v.get("components").and_then(|c| c.as_array());
         for c in comps.into_iter().flatten() {
             match c.get("kind").and_then(|k| k.as_str()) {
-                Some("source") => l.source_received += num(c.get("received")),
+                Some("source") => {
+                    l.source_received += num(c.get("received"));
+                    let waited = |why: &str| {
+                        c.pointer(&format!("/waited_seconds/{why}"))
+                            .and_then(|s| s.as_f64())
+                            .unwrap_or(0.0)
+                    };
+                    l.source_waited_sync_s += waited("sync");
+                    l.source_waited_sink_s += waited("sink");
+                }
                 Some("sink") => {
                     l.sink_received += num(c.get("received"));
                     l.sink_delivered += num(c.get("delivered"));
@@ -346,7 +359,8 @@ mod tests {
     fn ledger_is_read_leniently() {
         let v = serde_json::json!({
             "components": [
-                {"name": "in", "kind": "source", "type": "http", "received": 10},
+                {"name": "in", "kind": "source", "type": "tcp", "received": 10,
+                 "waited_seconds": {"sync": 1.5, "sink": 0.25}},
                 {"name": "out", "kind": "sink", "received": 10, "delivered": 7,
                  "dropped": {"queue_full": 2, "rejected": 1}, "queued": 0,
                  "queue": {"type": "disk", "fsyncs": 4, "records_synced": 10,
@@ -374,6 +388,8 @@ mod tests {
                 events_synced: 10,
                 file_read_events: 3,
                 sync_wait_p99_ms: Some(1.5),
+                source_waited_sync_s: 1.5,
+                source_waited_sink_s: 0.25,
                 raw: serde_json::Value::Null,
             }
         );

@@ -73,6 +73,10 @@ pub struct RunResult {
     /// With a disk queue: the share of events its sink read back from files (it fell behind
     /// the queue's in-memory tail), in percent.
     pub file_read_pct: Option<f64>,
+    /// Stream sources feeding a disk queue: the share of the connections' time (run time ×
+    /// connections) they waited before reading on, for the queue's sync and for its sink.
+    pub waited_sync_pct: Option<f64>,
+    pub waited_sink_pct: Option<f64>,
     pub ledger: Option<Ledger>,
     /// Missing (lost or refused) minus what the relay's ledger says it dropped: 0 when every
     /// event that did not arrive is accounted for.
@@ -136,6 +140,13 @@ impl RunResult {
             .as_ref()
             .map(|l| t.missing as i64 - l.sink_dropped as i64);
         let synced = ledger.as_ref().filter(|l| l.fsyncs > 0);
+        // Only where connections waited at all (stream sources with `ack = durable`).
+        let connection_secs = window_s * plan.connections as f64;
+        let waited_pct = |f: fn(&Ledger) -> f64| {
+            synced
+                .filter(|l| connection_secs > 0.0 && l.source_waited_sync_s > 0.0)
+                .map(|l| 100.0 * f(l) / connection_secs)
+        };
         RunResult {
             scenario: plan.scenario,
             target,
@@ -182,6 +193,8 @@ impl RunResult {
             file_read_pct: synced
                 .filter(|l| l.events_synced > 0)
                 .map(|l| 100.0 * l.file_read_events as f64 / l.events_synced as f64),
+            waited_sync_pct: waited_pct(|l| l.source_waited_sync_s),
+            waited_sink_pct: waited_pct(|l| l.source_waited_sink_s),
             ledger,
             unaccounted,
             timeline,
@@ -254,6 +267,8 @@ pub struct Summary {
     pub events_per_fsync: Option<Spread>,
     pub sync_wait_p99_us: Option<Spread>,
     pub file_read_pct: Option<Spread>,
+    pub waited_sync_pct: Option<Spread>,
+    pub waited_sink_pct: Option<Spread>,
     /// Totals over all runs.
     pub sent: u64,
     pub refused: u64,
@@ -295,6 +310,8 @@ impl Summary {
             events_per_fsync: s(&|r| r.events_per_fsync),
             sync_wait_p99_us: s(&|r| r.sync_wait_p99_us),
             file_read_pct: s(&|r| r.file_read_pct),
+            waited_sync_pct: s(&|r| r.waited_sync_pct),
+            waited_sink_pct: s(&|r| r.waited_sink_pct),
             sent: rows.iter().map(|r| r.sent).sum(),
             refused: rows.iter().map(|r| r.rejected + r.send_errors).sum(),
             lost: rows.iter().map(|r| r.lost).sum(),
@@ -440,6 +457,14 @@ pub fn table(rows: &[RunResult], summaries: &[Summary]) -> String {
                 cell(s.events_per_fsync),
                 lat(s.sync_wait_p99_us),
                 cell(s.file_read_pct),
+            ));
+        }
+        if s.waited_sync_pct.is_some() {
+            out.push_str(&format!(
+                "  backpressure: the connections waited {} % of their time for syncs, {} % for \
+                 the sink (pacing)\n",
+                cell(s.waited_sync_pct),
+                cell(s.waited_sink_pct),
             ));
         }
     }
