@@ -279,12 +279,28 @@ pub async fn bind_tcp(
     name: &str,
     addr: SocketAddr,
 ) -> anyhow::Result<(tokio::net::TcpListener, SocketAddr)> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("sources.{name}: cannot listen on {addr}: {e}"))?;
+    let listen = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As `TcpListener::bind` does: a restarted relay can listen again at once.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    let listener =
+        listen().map_err(|e| anyhow::anyhow!("sources.{name}: cannot listen on {addr}: {e}"))?;
     let local_addr = listener.local_addr()?;
     Ok((listener, local_addr))
 }
+
+/// Connections the kernel completes and holds for a TCP source before it accepts them (capped
+/// by `net.core.somaxconn`). `TcpListener::bind` asks for 1024: when thousands of producers
+/// reconnect at once (a relay restart), the rest of their handshakes were dropped and retried
+/// for up to half a minute.
+const LISTEN_BACKLOG: u32 = 8192;
 
 /// Binds the source's listener and starts serving; errors say which source and address.
 pub async fn start(
