@@ -60,6 +60,10 @@ const DURABLE_WINDOW: usize = 3;
 /// Long enough for a sink that only lacked CPU to take a batch or two; short enough that the
 /// one wait a stalled sink costs goes unnoticed.
 const PACE_MAX: Duration = Duration::from_millis(5);
+/// Only a read at least this large waits for the sink: a connection that outruns the sink
+/// reads full buffers, and a trickle of small reads (thousands of quiet producers) would only
+/// pile waiters up without slowing anyone who matters.
+const PACE_MIN_READ: usize = 16 * 1024;
 /// Below this much spare room the buffer grows before the next read.
 const MIN_READ: usize = 4 * 1024;
 /// A push waits this long at most; sockets rely on TCP flow control, not on a deadline.
@@ -285,11 +289,14 @@ impl StreamSource {
             connection.record(n as u64, events);
             // A sink that falls out of its disk queue's in-memory tail reads back from the
             // files and decodes every event again, which slows it further: while it is about
-            // to, and still reading, the connection lets it catch up first (bounded, and never
-            // for a stalled sink, so a destination that is down does not slow the producer).
-            let pacing = std::time::Instant::now();
-            self.fanout.pace_to_readers(PACE_MAX).await;
-            self.waited(WaitReason::Sink, pacing);
+            // to, and still reading, a connection that reads full buffers lets it catch up
+            // first (bounded, and never for a stalled sink, so a destination that is down does
+            // not slow the producer).
+            if n >= PACE_MIN_READ {
+                let pacing = std::time::Instant::now();
+                self.fanout.pace_to_readers(PACE_MAX).await;
+                self.waited(WaitReason::Sink, pacing);
+            }
             if abandoned {
                 break End::Shutdown;
             }

@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::fs::OpenOptions;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
@@ -189,6 +190,7 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
             progress,
             readable,
             reader_moved: tokio::sync::Notify::new(),
+            pace_until: std::sync::atomic::AtomicU64::new(u64::MAX),
             reader_stalled_at: std::sync::atomic::AtomicU64::new(u64::MAX),
             space,
             reader: Mutex::new(ReadCursor {
@@ -402,19 +404,23 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
     /// with no tail, and once the reader is behind the whole tail (then it reads from the files
     /// whatever appenders do).
     pub fn reader_falling_behind(&self) -> bool {
+        self.caught_up_at().is_some()
+    }
+
+    /// While the reader is [falling behind](Self::reader_falling_behind): the seq it must
+    /// reach to stop being so (the middle of the tail).
+    fn caught_up_at(&self) -> Option<Seq> {
         let sh = self.shared();
         let (front, mid) = {
             let st = sh.state.lock();
-            match (st.tail.front(), st.tail.back()) {
-                (Some(front), Some(back)) => (
-                    front.first_seq,
-                    front.first_seq + (back.end_seq - front.first_seq) / 2,
-                ),
-                _ => return false,
-            }
+            let (front, back) = (st.tail.front()?, st.tail.back()?);
+            (
+                front.first_seq,
+                front.first_seq + (back.end_seq - front.first_seq) / 2,
+            )
         };
-        let read = Counters::get(&sh.counters.read_seq);
-        (front..mid).contains(&read)
+        let read = sh.counters.read_seq.load(Ordering::SeqCst);
+        (front..mid).contains(&read).then_some(mid)
     }
 
     /// Waits, at most `max`, while the reader is [falling behind](Self::reader_falling_behind)
@@ -433,18 +439,26 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
             return;
         }
         let deadline = tokio::time::Instant::now() + max;
+        let started_at = Counters::get(&sh.counters.read_seq);
         loop {
-            // Registered before the check, so a move in between is not missed.
+            // Registered, and the mark published, before the reader's position is checked
+            // again: either the reader then sees the mark and wakes us, or we see it past it.
             let moved = sh.reader_moved.notified();
             let mut moved = std::pin::pin!(moved);
             moved.as_mut().enable();
-            if !self.reader_falling_behind() {
+            let Some(mid) = self.caught_up_at() else {
+                return;
+            };
+            sh.pace_until.fetch_min(mid, Ordering::SeqCst);
+            if self.caught_up_at().is_none() {
                 return;
             }
             if tokio::time::timeout_at(deadline, moved).await.is_err() {
+                // Stalled only if it did not move at all (it may have moved, short of the mark).
                 let at = Counters::get(&sh.counters.read_seq);
-                sh.reader_stalled_at
-                    .store(at, std::sync::atomic::Ordering::Relaxed);
+                if at == started_at {
+                    sh.reader_stalled_at.store(at, Ordering::Relaxed);
+                }
                 return;
             }
         }

@@ -21,6 +21,7 @@
 
 use std::fs::File;
 use std::ops::Range;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
@@ -180,16 +181,15 @@ pub(crate) fn try_read<M, T: Handout<M>>(
         max_entries,
         max_bytes,
     };
-    let started_at = cur.seq;
+    // Appenders pacing to the reader wait for it to reach `pace_until`: wake them then.
     let moved = |seq: Seq| {
-        if seq != started_at {
+        if seq >= sh.pace_until.load(Ordering::SeqCst) {
+            sh.pace_until.store(u64::MAX, Ordering::SeqCst);
             sh.reader_moved.notify_waiters();
         }
     };
     loop {
-        sh.counters
-            .read_seq
-            .store(cur.seq, std::sync::atomic::Ordering::Relaxed);
+        sh.counters.read_seq.store(cur.seq, Ordering::SeqCst);
         if batch.full() {
             moved(cur.seq);
             return Ok(Some(batch.out));

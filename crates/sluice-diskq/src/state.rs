@@ -265,8 +265,12 @@ pub(crate) struct Shared<M> {
     pub readable: watch::Sender<()>,
     /// Epoch bumped whenever space may have been freed.
     pub space: watch::Sender<u64>,
-    /// Notified whenever the read cursor moves on (see `DiskQueue::pace_to_reader`).
+    /// Notified when the read cursor reaches `pace_until` (see `DiskQueue::pace_to_reader`).
     pub reader_moved: tokio::sync::Notify,
+    /// The lowest seq an appender pacing to the reader waits for it to reach (`u64::MAX`: none
+    /// waits). The reader wakes them then, not at every read: most reads leave it short, and
+    /// thousands of connections may be waiting.
+    pub pace_until: AtomicU64,
     /// The read cursor's seq when a `pace_to_reader` caller last gave up waiting for it to
     /// move (`u64::MAX`: never): while it stays there the reader is stalled, and nobody waits.
     pub reader_stalled_at: AtomicU64,
