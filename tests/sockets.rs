@@ -450,6 +450,57 @@ async fn lines_a_disk_queue_keeps_over_a_restart_arrive_once_and_in_order() {
     receiver.stop();
 }
 
+/// With a disk queue (`ack = durable` by default), connections that send faster than the disk
+/// syncs wait for the syncs of their earlier reads, and that wait is counted by cause at
+/// `/stats` and `/metrics`, while every line arrives once and the ledger balances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_syncs_is_counted_as_the_producers_backpressure() {
+    const CONNECTIONS: usize = 4;
+    const PER_CONNECTION: usize = 40_000;
+    const TOTAL: u64 = (CONNECTIONS * PER_CONNECTION) as u64;
+    let (receiver, _) = LineReceiver::collecting().await;
+    let relay = TestRelay::start(&relay_config(
+        &tcp_source(""),
+        &tcp_sink(
+            receiver.addr,
+            "queue = { type = \"disk\", sync = \"always\" }",
+        ),
+    ))
+    .await;
+    let source = relay.addr("in");
+    let senders: Vec<_> = (0..CONNECTIONS)
+        .map(|conn| {
+            tokio::spawn(async move {
+                // About 4 MiB per connection: many 64 KiB reads, each window of three waiting
+                // for a sync before the next read.
+                let mut bytes = Vec::new();
+                for seq in 0..PER_CONNECTION {
+                    writeln!(bytes, "c{conn} {seq:010} {}", "x".repeat(84)).expect("format");
+                }
+                send_tcp(source, &bytes).await;
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.await.expect("sender");
+    }
+    receiver.wait_for(TOTAL).await;
+    let stats = relay.assert_settled_and_balanced().await;
+    let source_stats = component(&stats, "in");
+    assert_eq!(source_stats["delivered"], TOTAL);
+    let synced = source_stats["waited_seconds"]["sync"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(synced > 0.0, "no wait for syncs counted: {source_stats:#}");
+    let metrics = relay.metrics().await;
+    assert!(
+        metrics.contains("sluice_source_wait_seconds_total{component=\"in\",reason=\"sync\"}"),
+        "{metrics}"
+    );
+    relay.shutdown().await;
+    receiver.stop();
+}
+
 /// A source feeding two sinks hands each read to both at once; when one queue cannot take a
 /// whole read, its events go to that queue one by one (where its policy drops what does not
 /// fit) while the other queue keeps them all, once and in order.
