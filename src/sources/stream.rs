@@ -11,10 +11,11 @@
 //! queue), or one by one to a queue that cannot take them all at once. The loop reads nothing
 //! while a push waits (`when_full = "block"`): the socket's receive buffer fills and TCP flow
 //! control slows the producer — nothing is dropped. With `ack = durable` it also reads nothing
-//! while its last three reads wait for their sync, and before each read it waits (at most
-//! `PACE_MAX`) for a disk queue's sink that is still reading but about to fall out of the
-//! queue's in-memory tail, never for a stalled one. Timeouts: `idle_timeout` closes a connection that sent nothing
-//! for that long (off by default: a producer may stay connected for days, quiet at night);
+//! while its last three reads wait for their sync, and after a read of at least
+//! `PACE_MIN_READ` it waits (at most `PACE_MAX`) for a disk queue's sink that is still reading
+//! but about to fall out of the queue's in-memory tail, never for a stalled one. Both waits are
+//! counted by cause (`WaitReason`). Timeouts: `idle_timeout` closes a connection that sent
+//! nothing for that long (off by default: a producer may stay connected for days, quiet at night);
 //! `partial_frame_timeout` closes one that sent part of a frame and stalled, counting the part
 //! as `read_timeout`.
 //!
