@@ -125,6 +125,8 @@ impl DiskQueue {
                 "checkpoints": s.checkpoints,
                 // Events read back from segment files: the sink fell behind the in-memory tail.
                 "file_read_records": s.file_read_entries,
+                // Written data held in memory for the sink until it reads it.
+                "tail_bytes": s.tail_bytes,
                 "preallocated_segments": s.preallocated_segments,
                 "recycled_segments": s.recycled_segments,
                 "spare_bytes": s.spare_bytes,

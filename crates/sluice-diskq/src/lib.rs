@@ -21,8 +21,10 @@
 //!   mmap; under [`SyncPolicy::Always`] they are written with `O_DIRECT` where the filesystem
 //!   takes it ([`Options::direct_io`]), in whole 4 KiB blocks, the last one padded with zeros.
 //! - **Bounded memory.** Recovery streams through segments; readers are served from an
-//!   in-memory tail of recently written batches (bounded by [`Options::read_cache_bytes`]) and
-//!   otherwise read segment files through a 64 KiB window. Memory does not grow with the backlog.
+//!   in-memory tail of written batches they have not finished (bounded by
+//!   [`Options::read_cache_bytes`]; a batch leaves it once read, or when newer writes push it
+//!   out) and otherwise read segment files through a 64 KiB window. Memory does not grow with
+//!   the backlog, and falls back once the reader has caught up.
 //! - **Corruption is skipped, never fatal.** A bad record is skipped and counted; a torn tail is
 //!   truncated. The queue refuses to open only if the directory is unreadable or locked by
 //!   another live process.
@@ -85,7 +87,7 @@
 //! | segment size                            | `segment_bytes` (default 64 MiB), ≥ 4 KiB      |
 //! | bytes on disk                           | `max_bytes`, counted in whole segments: a segment is deleted only once every record in it is acknowledged, so acknowledged records in the oldest segment still count. |
 //! | bytes waiting for the writer            | 64 MiB (beyond it `append` reports `Full`)     |
-//! | in-memory read tail                     | `read_cache_bytes` (default 8 MiB) of buffer memory, plus the memos of entries not yet read |
+//! | in-memory read tail                     | `read_cache_bytes` (default 8 MiB) of buffer memory, plus the memos of entries not yet read; only batches not yet read |
 //! | recycled chunk buffers                  | 4 MiB                                          |
 //! | sequence numbers                        | below 2^63 (a record claiming more is corrupt) |
 //!
@@ -246,9 +248,11 @@ pub struct Options {
     pub sync: SyncPolicy,
     /// Longest time an advanced low-water mark waits before being checkpointed (default 1 s).
     pub checkpoint_interval: Duration,
-    /// Memory of recently written batches kept for readers (default 8 MiB, counted in buffer
-    /// capacity). The memos attached to their entries are kept until read (or until their
-    /// batch leaves), and are not counted.
+    /// Memory of written batches kept for the reader until it has read them (default 8 MiB,
+    /// counted in buffer capacity). The memos attached to their entries are kept until read
+    /// (or until their batch leaves), and are not counted. Appenders that pace themselves to
+    /// the reader ([`DiskQueue::pace_to_reader`]) wait while it has more than half of this
+    /// left to read.
     pub read_cache_bytes: usize,
     /// Hand records to readers as soon as they are written, before they are durable (default
     /// false). Lowers delivery latency under `SyncPolicy::Every`, at a price: if the sync then
@@ -373,6 +377,9 @@ pub struct Stats {
     /// writes (they fell further behind than [`Options::read_cache_bytes`], or the queue was
     /// reopened). Each costs a file read and a decode, and has no memo.
     pub file_read_entries: u64,
+    /// Memory the in-memory tail holds: written chunks the reader has not finished, at most
+    /// [`Options::read_cache_bytes`].
+    pub tail_bytes: u64,
     /// Segments created from a spare (zero-filled or recycled) by this process.
     pub preallocated_segments: u64,
     /// Acknowledged segments renamed to the spare instead of deleted (see

@@ -399,28 +399,35 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
         }
     }
 
-    /// Whether the reader is in the older half of the in-memory tail of recent writes: still
-    /// served from memory, but if it falls further behind it reads back from the files. False
-    /// with no tail, and once the reader is behind the whole tail (then it reads from the files
-    /// whatever appenders do).
+    /// Whether the reader is falling behind the in-memory tail of recent writes: still served
+    /// from memory, but what it has yet to read there fills more than half of the tail's
+    /// budget (`read_cache_bytes`), so if it falls much further it reads back from the files.
+    /// False with no tail, and once the reader is behind the whole tail (then it reads from
+    /// the files whatever appenders do).
     pub fn reader_falling_behind(&self) -> bool {
         self.caught_up_at().is_some()
     }
 
     /// While the reader is [falling behind](Self::reader_falling_behind): the seq it must
-    /// reach to stop being so (the middle of the tail).
+    /// reach to stop being so. The tail holds only chunks the reader has not finished (see
+    /// `reader.rs`), so that is where the newest half of the budget starts, estimated from the
+    /// tail's average bytes per entry.
     fn caught_up_at(&self) -> Option<Seq> {
         let sh = self.shared();
-        let (front, mid) = {
+        let half = sh.opts.read_cache_bytes / 2;
+        let (front, mark) = {
             let st = sh.state.lock();
             let (front, back) = (st.tail.front()?, st.tail.back()?);
-            (
-                front.first_seq,
-                front.first_seq + (back.end_seq - front.first_seq) / 2,
-            )
+            if st.tail_bytes <= half {
+                return None;
+            }
+            let span = back.end_seq - front.first_seq;
+            let newest = u128::from(span) * half as u128 / st.tail_bytes as u128;
+            // `newest` < `span` since `half` < `tail_bytes`: the cast cannot truncate.
+            (front.first_seq, back.end_seq - newest as u64)
         };
         let read = sh.counters.read_seq.load(Ordering::SeqCst);
-        (front..mid).contains(&read).then_some(mid)
+        (front..mark).contains(&read).then_some(mark)
     }
 
     /// Waits, at most `max`, while the reader is [falling behind](Self::reader_falling_behind)
@@ -501,6 +508,7 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
             corrupt_bytes: Counters::get(&c.corrupt_bytes),
             file_read_entries: Counters::get(&c.file_read_entries),
             write_failed: p.failed.is_some(),
+            tail_bytes: st.tail_bytes as u64,
             preallocated_segments: Counters::get(&sh.spare.used),
             recycled_segments: Counters::get(&sh.spare.recycled),
             spare_bytes: Counters::get(&sh.spare.bytes),

@@ -188,6 +188,8 @@ pub(crate) fn try_read<M, T: Handout<M>>(
             sh.reader_moved.notify_waiters();
         }
     };
+    // Tail chunks this read finished with, dropped once the locks are released.
+    let mut read_out = Vec::new();
     loop {
         sh.counters.read_seq.store(cur.seq, Ordering::SeqCst);
         if batch.full() {
@@ -195,7 +197,17 @@ pub(crate) fn try_read<M, T: Handout<M>>(
             return Ok(Some(batch.out));
         }
         let (visible, chunk) = {
-            let st = sh.state.lock();
+            let mut st = sh.state.lock();
+            // Chunks wholly read are of no use any more (the cursor never goes back): freed
+            // now, not when newer writes push them out, the tail holds only what the reader
+            // has yet to take, and memory falls back once the reader has caught up.
+            while let Some(front) = st.tail.front()
+                && front.end_seq <= cur.seq
+                && let Some(done) = st.tail.pop_front()
+            {
+                st.tail_bytes -= done.held;
+                read_out.push(done);
+            }
             let visible = if sh.opts.read_before_durable {
                 st.written
             } else {

@@ -10,9 +10,11 @@
 //! - `disk_bytes` is the sum of `segments[..].bytes`, which count pending bytes too.
 //! - `pending` chunks are contiguous in seq and in file offset, in order; `written` is the
 //!   first seq not yet handed to the OS, so `pending` starts at `written`.
-//! - `tail` holds written chunks in seq order, ending at `written`. Readers clone the `Arc` of a
-//!   chunk under the lock and read it after releasing it. Chunks leaving the tail are dropped
-//!   after the lock is released.
+//! - `tail` holds written chunks in seq order, ending at `written`, from the first one the
+//!   reader has not finished (the reader drops chunks it read wholly; the writer drops the
+//!   oldest while `tail_bytes` is over `read_cache_bytes`). Readers clone the `Arc` of a chunk
+//!   under the lock and read it after releasing it. Chunks leaving the tail are dropped after
+//!   the lock is released.
 //! - Memos (in-memory values appenders attach to entries) live only in `pending` and `tail`
 //!   chunks, indexed by seq, and are never written. A reader *takes* a memo when it hands its
 //!   entry out (each entry is handed out once), so the tail never keeps a value alive after

@@ -432,17 +432,35 @@ async fn a_corrupt_batch_record_in_the_middle_loses_exactly_its_entries() {
 }
 
 #[tokio::test]
-async fn a_reader_in_the_older_half_of_the_tail_is_falling_behind() {
+async fn a_reader_with_over_half_the_tail_to_read_is_falling_behind() {
+    // What four batches take in the tail, measured with a tail large enough for anything.
+    let measure = tempfile::tempdir().unwrap();
+    let big = Options {
+        read_cache_bytes: 1 << 20,
+        ..small_opts()
+    };
+    let (q, _) = DiskQueue::<u64>::open(measure.path(), big).unwrap();
+    let end = append_batches(&q, 0, &[10, 10, 10, 10]);
+    q.wait_durable(end - 1).await.unwrap();
+    let four = q.stats().tail_bytes as usize;
+    assert!(four > 0);
+
+    // A tail just large enough for them: unread, they fill more than half of it.
     let dir = tempfile::tempdir().unwrap();
-    let (q, _) = DiskQueue::<u64>::open(dir.path(), small_opts()).unwrap();
+    let opts = Options {
+        read_cache_bytes: four + four / 4,
+        ..small_opts()
+    };
+    let (q, _) = DiskQueue::<u64>::open(dir.path(), opts).unwrap();
     assert!(
         !q.reader_falling_behind(),
         "no tail, nothing to fall behind"
     );
     let end = append_batches(&q, 0, &[10, 10, 10, 10]);
     q.wait_durable(end - 1).await.unwrap();
+    assert_eq!(q.stats().tail_bytes as usize, four);
     assert!(q.reader_falling_behind(), "nothing read yet");
     let read = q.read_entries(30, 1 << 20).await.unwrap();
     assert_eq!(read.len(), 30);
-    assert!(!q.reader_falling_behind(), "in the newer half");
+    assert!(!q.reader_falling_behind(), "a quarter of it left to read");
 }

@@ -1,5 +1,6 @@
 //! Pacing appenders to the reader: a reader about to fall out of the in-memory tail is waited
-//! for while it reads on, and never when it has stalled.
+//! for while it reads on, and never when it has stalled; and the tail holds only what the
+//! reader has yet to take.
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,8 @@ async fn appenders_wait_for_a_reader_falling_behind_but_never_twice_for_a_stalle
     let opts = Options {
         max_bytes: 16 << 20,
         segment_bytes: 1 << 20,
-        read_cache_bytes: 8 << 20,
+        // Ten rounds of twenty small records fit in it, and are more than half of it.
+        read_cache_bytes: 16 << 10,
         ..small_opts()
     };
     let (q, _) = DiskQueue::<()>::open(dir.path(), opts).unwrap();
@@ -23,8 +25,8 @@ async fn appenders_wait_for_a_reader_falling_behind_but_never_twice_for_a_stalle
     q.pace_to_reader(Duration::from_secs(30)).await;
     assert!(t.elapsed() < soon);
 
-    // Ten rounds of writes, all in the tail; the reader takes the first round only, so it is
-    // in the older half of the tail.
+    // Ten rounds of writes, all in the tail; the reader takes the first round only, so what it
+    // has yet to read fills more than half of the tail.
     for round in 0..10 {
         fill(&q, round * 20, 20).await;
     }
@@ -39,7 +41,8 @@ async fn appenders_wait_for_a_reader_falling_behind_but_never_twice_for_a_stalle
     q.pace_to_reader(Duration::from_secs(30)).await;
     assert!(t.elapsed() < soon, "waited again for a stalled reader");
 
-    // It reads on: appenders wait again, and only until it is out of the older half.
+    // It reads on: appenders wait again, and only until what it has yet to read is back under
+    // half of the tail.
     assert_eq!(q.try_read_batch(10, 1 << 20).unwrap().unwrap().len(), 10);
     let reader = {
         let q = q.clone();
@@ -74,4 +77,40 @@ async fn a_reader_behind_the_whole_tail_is_not_waited_for() {
     let t = Instant::now();
     q.pace_to_reader(Duration::from_secs(30)).await;
     assert!(t.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn the_tail_holds_only_what_the_reader_has_yet_to_take() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        max_bytes: 16 << 20,
+        segment_bytes: 1 << 20,
+        read_cache_bytes: 1 << 20,
+        ..small_opts()
+    };
+    let (q, _) = DiskQueue::<()>::open(dir.path(), opts).unwrap();
+    for round in 0..10 {
+        fill(&q, round * 20, 20).await;
+    }
+    let full = q.stats().tail_bytes;
+    assert!(full > 0, "{:?}", q.stats());
+
+    // Half read: the chunks wholly read are gone, the one it is inside of stays.
+    let mut got = q.try_read_batch(100, 1 << 20).unwrap().unwrap().len();
+    let half = q.stats().tail_bytes;
+    assert!(half > 0 && half < full, "{half} of {full}");
+
+    // All read: nothing left, and every entry came from memory.
+    while got < 200 {
+        got += q.try_read_batch(100, 1 << 20).unwrap().unwrap().len();
+    }
+    // The next read (finding nothing new) finishes with the last chunk.
+    assert!(q.try_read_batch(100, 1 << 20).unwrap().is_none());
+    let stats = q.stats();
+    assert_eq!(
+        (stats.tail_bytes, stats.file_read_entries),
+        (0, 0),
+        "{stats:?}"
+    );
+    assert!(!q.reader_falling_behind());
 }
