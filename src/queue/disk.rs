@@ -217,7 +217,8 @@ impl DiskQueue {
                     entry_bytes += buf.len() - start;
                 });
             }
-            let appended = self.log.append_batch(&batch, events.to_vec());
+            // The batch's buffer itself becomes the record (it gets a recycled one back).
+            let appended = self.log.append_batch_taking(&mut batch, events.to_vec());
             if batch.payload_bytes() > 1 << 20 {
                 *batch = RecordBatch::new();
             }

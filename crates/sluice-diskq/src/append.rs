@@ -4,7 +4,10 @@
 //! record. Its payload checksum is computed before the queue's lock is taken; under the lock
 //! the append only reserves sequence numbers and bytes (rolling the active segment over if the
 //! record would not fit), combines the checksum with the seq, and copies the record into the
-//! pending chunk with one `memcpy`. Invariants:
+//! pending chunk with one `memcpy` — or, for a large batch handed over
+//! ([`DiskQueue::append_batch_taking`]), writes its header into the room the batch kept for it
+//! and queues the batch's buffer as a chunk of its own: nothing is copied, and the lock is held
+//! for a fixed time whatever the batch's size. Invariants:
 //!
 //! - An append is all or nothing: the record is either buffered whole, with every entry
 //!   numbered contiguously, or refused with nothing buffered.
@@ -17,9 +20,28 @@
 use std::ops::Range;
 use std::time::Instant;
 
+use parking_lot::MutexGuard;
+
+use crate::batch::FRONT;
 use crate::record::{Prepared, encoded_len};
-use crate::state::{Chunk, Memos, PENDING_LIMIT, SegMeta};
+use crate::state::{Chunk, Memos, PENDING_LIMIT, SegMeta, Shared, State};
 use crate::{AppendError, DiskQueue, RecordBatch, Seq};
+
+/// A batch whose payload is at least this large is taken as its own chunk by
+/// [`DiskQueue::append_batch_taking`]; a smaller one is cheaper to copy into the shared chunk
+/// than to give a buffer of its own (which the tail would then copy out of: see `bufpool.rs`).
+#[cfg(not(test))]
+const TAKE_AT_LEAST: usize = 8 * 1024;
+/// Tests' records are small: they take most batches, so the model test covers both paths.
+#[cfg(test)]
+const TAKE_AT_LEAST: usize = 64;
+
+/// Where a record was placed: its segment, its offset there, and its entries' seqs.
+struct Placed {
+    segment: Seq,
+    offset: u64,
+    seqs: Range<Seq>,
+}
 
 impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
     /// Appends one entry without waiting for durability, returning its sequence number.
@@ -60,22 +82,62 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
             let next = self.shared().state.lock().next_seq;
             return Ok(next..next);
         };
-        let mut memos = memos;
-        if !memos.is_empty() && memos.len() != batch.len() {
-            debug_assert!(
-                false,
-                "append_batch: expected 0 or {} memos, found {}",
-                batch.len(),
-                memos.len()
-            );
-            memos.clear();
-        }
+        let memos = checked_memos(batch, memos);
         let lens = if memos.is_empty() {
             &[][..]
         } else {
             batch.lens()
         };
         self.append_prepared(record, memos.into_iter(), lens)
+    }
+
+    /// Like [`DiskQueue::append_batch`], but a batch of [`TAKE_AT_LEAST`] bytes or more is not
+    /// copied: its buffer becomes the record (the batch gets a recycled buffer in exchange).
+    /// On success the batch is left empty, ready for reuse; on error it is left as it was.
+    pub fn append_batch_taking(
+        &self,
+        batch: &mut RecordBatch,
+        memos: Vec<M>,
+    ) -> Result<Range<Seq>, AppendError> {
+        let sealed = match batch.seal() {
+            Some(sealed) if sealed.payload_len >= TAKE_AT_LEAST => sealed,
+            _ => {
+                let seqs = self.append_batch(batch, memos)?;
+                batch.clear();
+                return Ok(seqs);
+            }
+        };
+        let sh = self.shared();
+        check_size(sh, sealed.payload_len)?;
+        // Memos are kept by their index in the chunk, which starts with this record.
+        let memos = checked_memos(batch, memos);
+        let mut chunk_memos = Memos::new();
+        if !memos.is_empty() {
+            chunk_memos.attach(0, 0, memos.into_iter(), batch.lens());
+        }
+        let replacement = sh.pool.take(batch.capacity().max(FRONT));
+        let rec_len = encoded_len(sealed.payload_len) as u64;
+        let mut st = sh.state.lock();
+        let placed = match reserve(sh, &mut st, rec_len, u64::from(sealed.entries)) {
+            Ok(placed) => placed,
+            Err(e) => {
+                drop(st);
+                sh.pool.put(replacement);
+                return Err(e);
+            }
+        };
+        let buf = batch.take_record(&sealed, sealed.header(placed.seqs.start), replacement);
+        st.pending.push(Chunk {
+            segment: placed.segment,
+            offset: placed.offset,
+            first_seq: placed.seqs.start,
+            end_seq: placed.seqs.end,
+            buf,
+            memos: chunk_memos,
+            opened: Instant::now(),
+        });
+        sh.wake_writer(&mut st);
+        Ok(placed.seqs)
     }
 
     /// Reserves seqs and bytes for `record` and copies it into the pending chunk. `lens` are
@@ -87,82 +149,32 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
         lens: &[u32],
     ) -> Result<Range<Seq>, AppendError> {
         let sh = self.shared();
-        let max = sh.opts.max_record_bytes;
         let payload_len = record.payload_len();
-        if payload_len > max as usize {
-            return Err(AppendError::TooLarge {
-                len: payload_len,
-                max,
-            });
-        }
+        check_size(sh, payload_len)?;
         let rec_len = encoded_len(payload_len) as u64;
-        let entries = u64::from(record.entries());
         let mut st = sh.state.lock();
-        if st.close_requested || st.shutdown {
-            return Err(AppendError::Closed);
-        }
-        if let Some(f) = &st.failed {
-            return Err(AppendError::Io(f.clone()));
-        }
-        let max_bytes = sh.opts.max_bytes;
-        let next_seq = st.next_seq;
-        let all_acked = st.acks.low_water() >= next_seq;
-        let over = st.disk_bytes + rec_len > max_bytes;
-        let active = st.segments.back().copied().unwrap_or(SegMeta {
-            first: next_seq,
-            bytes: 0,
-        });
-        if st.segments.is_empty()
-            || active.bytes > 0
-                && (active.bytes + rec_len > sh.opts.segment_bytes || all_acked && over)
-        {
-            // Roll over. When everything is acknowledged this also lets the old active segment
-            // be deleted, which is the only way to free space in a queue of one segment.
-            st.segments.push_back(SegMeta {
-                first: next_seq,
-                bytes: 0,
-            });
-            if all_acked && over {
-                st.ckpt_urgent = true;
-                sh.wake_writer(&mut st);
-            }
-        }
-        let backlog = st.pending_bytes > 0 && st.pending_bytes + rec_len > PENDING_LIMIT;
-        if over || backlog {
-            st.space_wanted |= backlog;
-            st.full_epoch = Some(*sh.space.borrow());
-            return Err(AppendError::Full {
-                bytes: st.disk_bytes,
-                record_bytes: rec_len,
-                max_bytes,
-            });
-        }
-        let end_seq = next_seq + entries;
-        st.next_seq = end_seq;
-        st.disk_bytes += rec_len;
-        st.pending_bytes += rec_len;
-        let Some(seg) = st.segments.back_mut() else {
-            unreachable!("segments is never empty: a segment was pushed above if it was");
-        };
-        let (segment, offset) = (seg.first, seg.bytes);
-        seg.bytes += rec_len;
+        let Placed {
+            segment,
+            offset,
+            seqs,
+        } = reserve(sh, &mut st, rec_len, u64::from(record.entries()))?;
         match st.pending.last_mut() {
             Some(c) if c.segment == segment => {
-                record.encode_into(&mut c.buf, next_seq);
-                c.memos.attach(c.first_seq, next_seq, memos, lens);
-                c.end_seq = end_seq;
+                record.encode_into(&mut c.buf, seqs.start);
+                c.memos.attach(c.first_seq, seqs.start, memos, lens);
+                c.end_seq = seqs.end;
             }
             _ => {
                 // Chunks are far smaller than the address space: the length fits.
                 let mut buf = sh.pool.take(rec_len as usize);
-                record.encode_into(&mut buf, next_seq);
+                record.encode_into(&mut buf, seqs.start);
                 let mut chunk_memos = Memos::new();
-                chunk_memos.attach(next_seq, next_seq, memos, lens);
+                chunk_memos.attach(seqs.start, seqs.start, memos, lens);
                 st.pending.push(Chunk {
                     segment,
                     offset,
-                    first_seq: next_seq,
-                    end_seq,
+                    first_seq: seqs.start,
+                    end_seq: seqs.end,
                     buf,
                     memos: chunk_memos,
                     opened: Instant::now(),
@@ -170,6 +182,95 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
             }
         }
         sh.wake_writer(&mut st);
-        Ok(next_seq..end_seq)
+        Ok(seqs)
     }
+}
+
+/// `memos` if it holds one memo per entry of `batch`, else none (any other length than 0 is a
+/// bug in the caller).
+fn checked_memos<M>(batch: &RecordBatch, mut memos: Vec<M>) -> Vec<M> {
+    if !memos.is_empty() && memos.len() != batch.len() {
+        debug_assert!(
+            false,
+            "append_batch: expected 0 or {} memos, found {}",
+            batch.len(),
+            memos.len()
+        );
+        memos.clear();
+    }
+    memos
+}
+
+/// `TooLarge` if a payload of `payload_len` bytes exceeds `max_record_bytes`.
+fn check_size<M>(sh: &Shared<M>, payload_len: usize) -> Result<(), AppendError> {
+    let max = sh.opts.max_record_bytes;
+    if payload_len > max as usize {
+        return Err(AppendError::TooLarge {
+            len: payload_len,
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// Under the queue's lock: reserves `entries` seqs and `rec_len` bytes of the active segment
+/// for one record (rolling the segment over if it would not fit), or says why not.
+fn reserve<M>(
+    sh: &Shared<M>,
+    st: &mut MutexGuard<'_, State<M>>,
+    rec_len: u64,
+    entries: u64,
+) -> Result<Placed, AppendError> {
+    if st.close_requested || st.shutdown {
+        return Err(AppendError::Closed);
+    }
+    if let Some(f) = &st.failed {
+        return Err(AppendError::Io(f.clone()));
+    }
+    let max_bytes = sh.opts.max_bytes;
+    let next_seq = st.next_seq;
+    let all_acked = st.acks.low_water() >= next_seq;
+    let over = st.disk_bytes + rec_len > max_bytes;
+    let active = st.segments.back().copied().unwrap_or(SegMeta {
+        first: next_seq,
+        bytes: 0,
+    });
+    if st.segments.is_empty()
+        || active.bytes > 0 && (active.bytes + rec_len > sh.opts.segment_bytes || all_acked && over)
+    {
+        // Roll over. When everything is acknowledged this also lets the old active segment
+        // be deleted, which is the only way to free space in a queue of one segment.
+        st.segments.push_back(SegMeta {
+            first: next_seq,
+            bytes: 0,
+        });
+        if all_acked && over {
+            st.ckpt_urgent = true;
+            sh.wake_writer(st);
+        }
+    }
+    let backlog = st.pending_bytes > 0 && st.pending_bytes + rec_len > PENDING_LIMIT;
+    if over || backlog {
+        st.space_wanted |= backlog;
+        st.full_epoch = Some(*sh.space.borrow());
+        return Err(AppendError::Full {
+            bytes: st.disk_bytes,
+            record_bytes: rec_len,
+            max_bytes,
+        });
+    }
+    let end_seq = next_seq + entries;
+    st.next_seq = end_seq;
+    st.disk_bytes += rec_len;
+    st.pending_bytes += rec_len;
+    let Some(seg) = st.segments.back_mut() else {
+        unreachable!("segments is never empty: a segment was pushed above if it was");
+    };
+    let (segment, offset) = (seg.first, seg.bytes);
+    seg.bytes += rec_len;
+    Ok(Placed {
+        segment,
+        offset,
+        seqs: next_seq..end_seq,
+    })
 }

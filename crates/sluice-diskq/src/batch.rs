@@ -1,15 +1,20 @@
 //! [`RecordBatch`]: many entries gathered by the appender, written as one record.
 //!
-//! The batch owns a buffer laid out exactly as the body of a flagged record's payload —
-//! `u32 LE len | bytes` per entry, back to back — so that `DiskQueue::append_batch` copies it
-//! into the pending write with one `memcpy`, putting only the 16-byte header and the 4-byte
-//! entry count in front (see [`crate::record`]). A batch of one entry is written as a plain,
-//! unflagged record: its length prefix is skipped.
+//! The batch owns a buffer laid out exactly as a flagged record: [`FRONT`] bytes kept free for
+//! the 16-byte header and the 4-byte entry count, then the body of its payload — `u32 LE len |
+//! bytes` per entry, back to back (see [`crate::record`]). So `DiskQueue::append_batch` copies
+//! the body into the pending write with one `memcpy`, and `DiskQueue::append_batch_taking`
+//! fills the front in and takes the whole buffer as the record, copying nothing. A batch of
+//! one entry is written as a plain, unflagged record: its length prefix is skipped.
 //!
-//! Invariant: `buf` holds exactly `count` well-formed length-prefixed entries. The batch is
-//! meant to be reused: `clear()` keeps the allocation.
+//! Invariant: `buf` is empty or holds the front, then exactly `count` well-formed
+//! length-prefixed entries. The batch is meant to be reused: `clear()` keeps the allocation.
 
-use crate::record::{ENTRY_PREFIX_LEN, Prepared};
+use crate::crc;
+use crate::record::{ENTRIES_FLAG, ENTRY_PREFIX_LEN, HEADER_LEN, Prepared};
+
+/// Bytes kept free at the front of a batch's buffer: the record header and the entry count.
+pub(crate) const FRONT: usize = HEADER_LEN + ENTRY_PREFIX_LEN;
 
 /// A reusable builder of a multi-entry record. See the module documentation.
 #[derive(Debug, Clone, Default)]
@@ -29,7 +34,7 @@ impl RecordBatch {
 
     /// Removes every entry, keeping the buffer's allocation.
     pub fn clear(&mut self) {
-        self.buf.clear();
+        self.buf.truncate(FRONT);
         self.count = 0;
         self.lens.clear();
     }
@@ -47,6 +52,9 @@ impl RecordBatch {
     ///
     /// If `f` shortens the buffer (a bug in the caller, not a data error).
     pub fn push_with(&mut self, f: impl FnOnce(&mut Vec<u8>)) {
+        if self.buf.len() < FRONT {
+            self.buf.resize(FRONT, 0);
+        }
         let at = self.buf.len();
         self.buf.extend_from_slice(&[0; ENTRY_PREFIX_LEN]);
         f(&mut self.buf);
@@ -84,9 +92,14 @@ impl RecordBatch {
     pub fn payload_bytes(&self) -> usize {
         match self.count {
             0 => 0,
-            1 => self.buf.len() - ENTRY_PREFIX_LEN,
-            _ => ENTRY_PREFIX_LEN + self.buf.len(),
+            1 => self.body().len() - ENTRY_PREFIX_LEN,
+            _ => ENTRY_PREFIX_LEN + self.body().len(),
         }
+    }
+
+    /// The entries, each with its length prefix.
+    fn body(&self) -> &[u8] {
+        self.buf.get(FRONT..).unwrap_or_default()
     }
 
     /// The record this batch is written as, with its payload checksummed; `None` when empty.
@@ -95,10 +108,76 @@ impl RecordBatch {
         match self.count {
             0 => None,
             1 => Some(Prepared::single(
-                self.buf.get(ENTRY_PREFIX_LEN..).unwrap_or_default(),
+                self.body().get(ENTRY_PREFIX_LEN..).unwrap_or_default(),
             )),
-            n => Some(Prepared::multi(n, &self.buf)),
+            n => Some(Prepared::multi(n, self.body())),
         }
+    }
+
+    /// For a batch of two entries or more: what its record's header needs besides the seq,
+    /// with the payload checksummed (so that, under the queue's lock, only the seq's checksum
+    /// is combined with it).
+    pub(crate) fn seal(&self) -> Option<Sealed> {
+        if self.count < 2 {
+            return None;
+        }
+        let payload_len = self.payload_bytes();
+        let count = self.count.to_le_bytes();
+        Some(Sealed {
+            // A payload over 4 GiB is refused as TooLarge before the field is written.
+            field: u32::try_from(payload_len).unwrap_or(u32::MAX) | ENTRIES_FLAG,
+            count,
+            payload_len,
+            entries: self.count,
+            payload_crc: crc32c::crc32c_append(crc32c::crc32c(&count), self.body()),
+            shift: crc::shift_op(payload_len),
+        })
+    }
+
+    /// Fills the front in with `header` and the entry count, and hands the buffer over as the
+    /// whole record, leaving the batch empty with `replacement` as its buffer.
+    pub(crate) fn take_record(
+        &mut self,
+        sealed: &Sealed,
+        header: [u8; HEADER_LEN],
+        replacement: Vec<u8>,
+    ) -> Vec<u8> {
+        let mut buf = std::mem::replace(&mut self.buf, replacement);
+        buf[..HEADER_LEN].copy_from_slice(&header);
+        buf[HEADER_LEN..FRONT].copy_from_slice(&sealed.count);
+        self.clear();
+        buf
+    }
+
+    /// Memory the buffer holds.
+    pub(crate) fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+}
+
+/// A multi-entry record's header fields, all but the seq (see [`RecordBatch::seal`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sealed {
+    field: u32,
+    count: [u8; ENTRY_PREFIX_LEN],
+    pub payload_len: usize,
+    pub entries: u32,
+    payload_crc: u32,
+    shift: u32,
+}
+
+impl Sealed {
+    /// The record's header when its first entry is numbered `seq`: the same bytes
+    /// [`Prepared::encode_into`] writes.
+    pub(crate) fn header(&self, seq: u64) -> [u8; HEADER_LEN] {
+        let seq_bytes = seq.to_le_bytes();
+        let crc = crc::combine(crc32c::crc32c(&seq_bytes), self.payload_crc, self.shift);
+        let crc = crc32c::crc32c_append(crc, &self.field.to_le_bytes());
+        let mut header = [0; HEADER_LEN];
+        header[..4].copy_from_slice(&self.field.to_le_bytes());
+        header[4..8].copy_from_slice(&crc.to_le_bytes());
+        header[8..].copy_from_slice(&seq_bytes);
+        header
     }
 }
 
@@ -179,6 +258,30 @@ mod tests {
                     .all(|(i, e)| e == &vec![i as u8; size])
             );
         }
+    }
+
+    #[test]
+    fn a_batch_taken_as_its_record_holds_the_same_bytes_as_one_encoded() {
+        for (n, size) in [(2, 0), (2, 5000), (300, 20), (3, 2040), (1000, 250)] {
+            let mut batch = RecordBatch::new();
+            for i in 0..n {
+                batch.push(&vec![i as u8; size]);
+            }
+            let seq = 1 << 40 | n as u64;
+            let encoded = encode(&batch, seq);
+            let sealed = batch.seal().unwrap();
+            assert_eq!(sealed.payload_len, batch.payload_bytes());
+            let taken = batch.take_record(&sealed, sealed.header(seq), Vec::new());
+            assert_eq!(taken, encoded, "{n} entries of {size} bytes");
+            assert!(batch.is_empty() && batch.prepare().is_none());
+            // The emptied batch builds the next record as before.
+            batch.push(b"next");
+            batch.push(b"one");
+            assert_eq!(decode_entries(&encode(&batch, 9)).1.len(), 2);
+        }
+        let mut one = RecordBatch::new();
+        one.push(b"single");
+        assert!(one.seal().is_none(), "a batch of one is a plain record");
     }
 
     #[test]

@@ -47,7 +47,7 @@ impl BufPool {
     }
 
     /// Keeps `buf` for a later chunk, if there is room.
-    fn put(&self, mut buf: Vec<u8>) {
+    pub fn put(&self, mut buf: Vec<u8>) {
         buf.clear();
         let mut bufs = self.bufs.lock();
         let held: usize = bufs.iter().map(Vec::capacity).sum();

@@ -29,20 +29,35 @@ use crate::{AppendError, DiskQueue, Options, RecordBatch, Seq, SyncPolicy};
 
 #[derive(Debug, Clone)]
 enum Op {
-    Append { n: u8, size: u16 },
-    AppendBatch { n: u8, size: u16, memos: bool },
+    Append {
+        n: u8,
+        size: u16,
+    },
+    AppendBatch {
+        n: u8,
+        size: u16,
+        memos: bool,
+        take: bool,
+    },
     WaitDurable,
-    Read { max: u8 },
-    Ack { pick: Index, count: u8 },
+    Read {
+        max: u8,
+    },
+    Ack {
+        pick: Index,
+        count: u8,
+    },
     CleanReopen,
-    Crash { damage: Option<(u8, Index, Index)> },
+    Crash {
+        damage: Option<(u8, Index, Index)>,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (1u8..12, 0u16..400).prop_map(|(n, size)| Op::Append { n, size }),
-        4 => (1u8..20, 0u16..400, any::<bool>())
-            .prop_map(|(n, size, memos)| Op::AppendBatch { n, size, memos }),
+        4 => (1u8..20, 0u16..400, any::<bool>(), any::<bool>())
+            .prop_map(|(n, size, memos, take)| Op::AppendBatch { n, size, memos, take }),
         3 => Just(Op::WaitDurable),
         4 => (1u8..20).prop_map(|max| Op::Read { max }),
         4 => (any::<Index>(), 1u8..10).prop_map(|(pick, count)| Op::Ack { pick, count }),
@@ -186,7 +201,12 @@ async fn run(
                     m.next_seq += 1;
                 }
             }
-            Op::AppendBatch { n, size, memos } => {
+            Op::AppendBatch {
+                n,
+                size,
+                memos,
+                take,
+            } => {
                 batch.clear();
                 let mut payloads = Vec::new();
                 for i in 0..u64::from(n) {
@@ -202,7 +222,12 @@ async fn run(
                     Vec::new()
                 };
                 let too_large = batch.payload_bytes() > 4096;
-                match q.append_batch(&batch, memo_list) {
+                let appended = if take {
+                    q.append_batch_taking(&mut batch, memo_list)
+                } else {
+                    q.append_batch(&batch, memo_list)
+                };
+                match appended {
                     Ok(seqs) => {
                         prop_assert!(!too_large);
                         prop_assert_eq!(seqs.clone(), m.next_seq..m.next_seq + u64::from(n));
@@ -310,9 +335,13 @@ async fn run(
             Op::Crash { damage } => {
                 let info = q.crash();
                 let mut hole = false;
-                if let (Some((shape, a, b)), Some(path)) = (damage, info.active.as_ref()) {
-                    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-                    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+                // The writer's segment may be gone already: once every record in it is
+                // acknowledged it is deleted (or recycled) before the writer moves on.
+                let active = info.active.as_ref().and_then(|path| {
+                    let file = std::fs::OpenOptions::new().write(true).open(path).ok()?;
+                    Some((file.metadata().map_or(0, |m| m.len()), file))
+                });
+                if let (Some((shape, a, b)), Some((len, file))) = (damage, active) {
                     let (lo, hi) = (info.durable_len, info.written_len.min(len));
                     match shape {
                         0 if len > lo => {
