@@ -98,6 +98,8 @@
 //!   [`DiskQueue::append_batch`] does the same for every entry of a [`RecordBatch`] at once:
 //!   one lock, one record, one checksum (for a large batch, computed before the lock is
 //!   taken, so that only a combination with the seq's checksum happens under it).
+//!   [`DiskQueue::append_batch_taking`] takes a large batch's buffer as the record itself
+//!   instead of copying it (the batch keeps room for the header at its front).
 //! - An appender may attach a *memo* (any `M: Clone + Send + Sync`) to each entry: it stays in
 //!   memory beside the written data and comes back with the entry when the reader is served
 //!   from the in-memory tail, so the reader need not decode the bytes. The reader gets the
