@@ -91,7 +91,7 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
         self.append_prepared(record, memos.into_iter(), lens)
     }
 
-    /// Like [`DiskQueue::append_batch`], but a batch of [`TAKE_AT_LEAST`] bytes or more is not
+    /// Like [`DiskQueue::append_batch`], but a batch of 8 KiB of payload or more is not
     /// copied: its buffer becomes the record (the batch gets a recycled buffer in exchange).
     /// On success the batch is left empty, ready for reuse; on error it is left as it was.
     pub fn append_batch_taking(
