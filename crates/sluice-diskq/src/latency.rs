@@ -78,7 +78,8 @@ fn upper_bound_micros(index: usize) -> u64 {
     ((SUBS + sub + 1) as u64 * (1u64 << (octave - 2))) - 1
 }
 
-/// A copy of the queue's sync latency counts at one moment; see the module documentation for what it counts.
+/// A copy of the queue's sync latency counts at one moment; see the module documentation for
+/// what it counts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LatencyHistogram {
     counts: Vec<u64>,
