@@ -11,7 +11,7 @@
 //! queue), or one by one to a queue that cannot take them all at once. The loop reads nothing
 //! while a push waits (`when_full = "block"`): the socket's receive buffer fills and TCP flow
 //! control slows the producer — nothing is dropped. With `ack = durable` it also reads nothing
-//! while its last eight reads wait for their sync, and after a read of at least
+//! while its last six reads wait for their sync, and after a read of at least
 //! `PACE_MIN_READ` it waits (at most `PACE_MAX`) for a disk queue's sink that is still reading
 //! but about to fall out of the queue's in-memory tail, never for a stalled one. Both waits are
 //! counted by cause (`WaitReason`). Timeouts: `idle_timeout` closes a connection that sent
@@ -56,10 +56,13 @@ const READ_CHUNK: usize = 64 * 1024;
 /// 8–15 % more events/s than one at no more CPU per event, and (once spares were no longer
 /// zero-filled for large syncs) three another 7 % (medians of five alternating runs: 2.03M
 /// against 1.89M); four was no better than three then. Once the disk queue's tail held only
-/// unread writes, eight with a 16 MiB tail measured 12 % more than three with 8 MiB (medians
-/// of six alternating runs: 1.58M against 1.41M, on a VM with a disk about 30 % slower); eight
-/// with 8 MiB made the sink fall behind the tail and read 18 % of events back from the files.
-const DURABLE_WINDOW: usize = 8;
+/// unread writes (16 MiB), on a VM with a disk about 30 % slower: eight measured 12 % more
+/// than three with an 8 MiB tail (medians of six alternating runs: 1.58M against 1.41M), but
+/// doubled the p99 sync wait at full load (5 to 8–10 ms, each sync covering more); five and
+/// six carried about as much as eight (1.38–1.61M, against 1.31–1.39M for three and four) at
+/// a p99 sync wait of 6–7 ms. Eight with an 8 MiB tail made the sink fall behind it and read
+/// 18 % of events back from the files.
+const DURABLE_WINDOW: usize = 6;
 /// The longest one read waits for a disk queue's reader to catch up (see `pace_to_readers`).
 /// Long enough for a sink that only lacked CPU to take a batch or two; short enough that the
 /// one wait a stalled sink costs goes unnoticed.
