@@ -39,6 +39,12 @@ use crate::relay::{QueueSpec, SinkKind, SourceKind};
 use crate::report::{RunResult, Summary};
 use crate::scenario::{OutageMode, Plan, ScenarioName, Target};
 
+/// S1's queue, and the one `--against-memory` compares a disk queue with.
+const S1_QUEUE: QueueSpec = QueueSpec::Memory {
+    max_events: 100_000,
+    when_full: "block",
+};
+
 /// Peer relays `--peer` can run.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Peer {
@@ -102,6 +108,11 @@ pub struct BenchArgs {
     /// Do not run Sluice itself (only the baseline and/or the peer).
     #[arg(long)]
     pub no_sluice: bool,
+    /// With a disk queue (S2): also run Sluice with S1's memory queue in every round, right
+    /// after it, and print the disk / memory ratio of events/s per round and its median (the
+    /// durable path's cost, as a ratio within one run: the machine's drift hits both alike).
+    #[arg(long)]
+    pub against_memory: bool,
     /// Keep each run's generated configs, logs and data directory.
     #[arg(long)]
     pub keep_config: bool,
@@ -187,10 +198,7 @@ pub fn plan(a: &BenchArgs) -> Result<Plan> {
             max_events: 1_000_000,
             when_full: "block",
         },
-        _ => QueueSpec::Memory {
-            max_events: 100_000,
-            when_full: "block",
-        },
+        _ => S1_QUEUE,
     };
     Ok(Plan {
         scenario: a.scenario,
@@ -230,7 +238,22 @@ pub async fn run(args: BenchArgs, sluice_exe: PathBuf) -> Result<()> {
         if !sluice_exe.is_file() {
             bail!("the sluice binary {sluice_exe:?} does not exist (or pass --no-sluice)");
         }
-        targets.push((Target::Sluice, Some(sluice_exe)));
+        targets.push((Target::Sluice, Some(sluice_exe.clone())));
+    }
+    if args.against_memory {
+        if args.no_sluice || !matches!(plan.queue, QueueSpec::Disk { .. }) {
+            bail!(
+                "--against-memory: expected Sluice with a disk queue (s2, or --queue disk), \
+                 found {:?} with {}",
+                plan.scenario,
+                if args.no_sluice {
+                    "--no-sluice"
+                } else {
+                    "a memory queue"
+                }
+            );
+        }
+        targets.push((Target::SluiceMemory, Some(sluice_exe)));
     }
     if args.peer == Some(Peer::Rsyslog) {
         if plan.source != SourceKind::Tcp || plan.sink != SinkKind::Tcp {
@@ -247,6 +270,10 @@ pub async fn run(args: BenchArgs, sluice_exe: PathBuf) -> Result<()> {
     if targets.is_empty() {
         bail!("nothing to measure: --no-sluice without --baseline or --peer");
     }
+    let memory_plan = Plan {
+        queue: S1_QUEUE,
+        ..plan.clone()
+    };
     let mut rows: Vec<RunResult> = Vec::new();
     let mut ceilings: Vec<disk_ceiling::Ceiling> = Vec::new();
     let measure_disk = args.baseline && matches!(plan.queue, QueueSpec::Disk { .. });
@@ -260,7 +287,11 @@ pub async fn run(args: BenchArgs, sluice_exe: PathBuf) -> Result<()> {
                 continue;
             }
             eprintln!("{:?} run {run}/{runs}: {target}…", plan.scenario);
-            match scenario::run_once(&plan, *target, exe.as_deref(), run, args.keep_config).await {
+            let plan = match target {
+                Target::SluiceMemory => &memory_plan,
+                _ => &plan,
+            };
+            match scenario::run_once(plan, *target, exe.as_deref(), run, args.keep_config).await {
                 Ok(r) => {
                     eprintln!("  {:.0} events/s", r.events_per_sec);
                     rows.push(r);
@@ -335,6 +366,21 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         bench: BenchArgs,
+    }
+
+    #[test]
+    fn against_memory_wants_a_disk_queue() {
+        let args = Cli::parse_from(["bench", "--scenario", "s1", "--against-memory"]).bench;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let err = rt.block_on(run(args, exe)).unwrap_err().to_string();
+        assert!(
+            err.contains("--against-memory") && err.contains("a memory queue"),
+            "{err}"
+        );
     }
 
     fn plan_of(argv: &[&str]) -> Plan {

@@ -360,7 +360,7 @@ fn lat(s: Option<Spread>) -> String {
 pub fn table(rows: &[RunResult], summaries: &[Summary]) -> String {
     let mut out = String::new();
     let header = format!(
-        "{:<4} {:<9} {:>3} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>6} {:>5} {:>8}\n",
+        "{:<4} {:<13} {:>3} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>6} {:>5} {:>8}\n",
         "scen",
         "target",
         "run",
@@ -388,7 +388,7 @@ pub fn table(rows: &[RunResult], summaries: &[Summary]) -> String {
     };
     for r in rows {
         out.push_str(&format!(
-            "{:<4} {:<9} {:>3} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>6} {:>5} {:>8}\n",
+            "{:<4} {:<13} {:>3} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>6} {:>5} {:>8}\n",
             format!("{:?}", r.scenario).to_lowercase(),
             r.target.to_string(),
             r.run,
@@ -515,7 +515,42 @@ pub fn table(rows: &[RunResult], summaries: &[Summary]) -> String {
             100.0 * a.median / b.median
         ));
     }
+    let runs: Vec<_> = rows
+        .iter()
+        .map(|r| (r.target, r.run, r.events_per_sec))
+        .collect();
+    out.push_str(&disk_against_memory(&runs));
     out
+}
+
+/// With `--against-memory`: the disk queue's events/s as a share of the memory queue's, per
+/// round (each pair ran back to back) and their median; empty without such pairs. `runs` are
+/// (target, round, events/s).
+fn disk_against_memory(runs: &[(Target, u32, f64)]) -> String {
+    let memory = |round: u32| {
+        runs.iter()
+            .find(|(t, r, _)| *t == Target::SluiceMemory && *r == round)
+            .map(|(_, _, events)| *events)
+    };
+    let ratios: Vec<f64> = runs
+        .iter()
+        .filter(|(t, _, _)| *t == Target::Sluice)
+        .filter_map(|(_, round, events)| Some(events / memory(*round)?))
+        .filter(|ratio| ratio.is_finite())
+        .collect();
+    let Some(spread) = Spread::of(ratios.iter().copied()) else {
+        return String::new();
+    };
+    let each: Vec<String> = ratios
+        .iter()
+        .map(|r| format!("{:.0}%", 100.0 * r))
+        .collect();
+    format!(
+        "sluice disk/memory queue events/s: median {:.0}% over {} rounds [{}]\n",
+        100.0 * spread.median,
+        ratios.len(),
+        each.join(", ")
+    )
 }
 
 #[cfg(test)]
@@ -535,6 +570,29 @@ mod tests {
         assert_eq!(lat(one(12_300.0)), "12.3ms");
         assert_eq!(lat(one(12_300_000.0)), "12.3s");
         assert_eq!(lat(None), "-");
+    }
+
+    #[test]
+    fn disk_against_memory_pairs_each_round_and_takes_the_median() {
+        let runs = [
+            (Target::Sluice, 1, 150.0),
+            (Target::SluiceMemory, 1, 200.0),
+            (Target::Sluice, 2, 90.0),
+            (Target::SluiceMemory, 2, 100.0),
+            (Target::Sluice, 3, 50.0),
+            (Target::SluiceMemory, 3, 100.0),
+            // A round whose memory run failed has no ratio.
+            (Target::Sluice, 4, 100.0),
+        ];
+        assert_eq!(
+            disk_against_memory(&runs),
+            "sluice disk/memory queue events/s: median 75% over 3 rounds [75%, 90%, 50%]\n"
+        );
+        assert_eq!(disk_against_memory(&runs[6..]), "");
+        assert_eq!(
+            disk_against_memory(&[(Target::Sluice, 1, 1.0), (Target::SluiceMemory, 1, 0.0)]),
+            ""
+        );
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub enum ScenarioName {
 #[serde(rename_all = "lowercase")]
 pub enum Target {
     Sluice,
+    /// Sluice with the memory queue of S1, beside a disk-queue scenario (`--against-memory`).
+    #[serde(rename = "sluice-memory")]
+    SluiceMemory,
     Rsyslog,
     Baseline,
     /// A relay the caller runs itself ([`run_external`]).
@@ -59,6 +62,7 @@ impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Target::Sluice => "sluice",
+            Target::SluiceMemory => "sluice-memory",
             Target::Rsyslog => "rsyslog",
             Target::Baseline => "baseline",
             Target::External => "external",
@@ -193,7 +197,7 @@ pub async fn run_once(
             relay: None,
             peer: None,
         },
-        Target::Sluice => {
+        Target::Sluice | Target::SluiceMemory => {
             let exe = exe.context("no sluice binary given")?;
             let spec = RelaySpec {
                 admin: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
@@ -292,7 +296,7 @@ async fn measure(
         window: Some(window.clone()),
     };
     let outage = match (plan.outage, receiver.control(), target) {
-        (Some(o), Some(ctl), Target::Sluice | Target::External) => {
+        (Some(o), Some(ctl), Target::Sluice | Target::SluiceMemory | Target::External) => {
             Some(tokio::spawn(outage(o, ctl, window, tracker.clone())))
         }
         _ => None,
