@@ -11,7 +11,7 @@
 //! length-prefixed entries. The batch is meant to be reused: `clear()` keeps the allocation.
 
 use crate::crc;
-use crate::record::{ENTRIES_FLAG, ENTRY_PREFIX_LEN, HEADER_LEN, Prepared};
+use crate::record::{self, ENTRIES_FLAG, ENTRY_PREFIX_LEN, HEADER_LEN, Prepared};
 
 /// Bytes kept free at the front of a batch's buffer: the record header and the entry count.
 pub(crate) const FRONT: usize = HEADER_LEN + ENTRY_PREFIX_LEN;
@@ -170,14 +170,14 @@ impl Sealed {
     /// The record's header when its first entry is numbered `seq`: the same bytes
     /// [`Prepared::encode_into`] writes.
     pub(crate) fn header(&self, seq: u64) -> [u8; HEADER_LEN] {
-        let seq_bytes = seq.to_le_bytes();
-        let crc = crc::combine(crc32c::crc32c(&seq_bytes), self.payload_crc, self.shift);
+        let crc = crc::combine(
+            crc32c::crc32c(&seq.to_le_bytes()),
+            self.payload_crc,
+            self.shift,
+        );
+        // A flagged record's checksum also covers its length field (see `record.rs`).
         let crc = crc32c::crc32c_append(crc, &self.field.to_le_bytes());
-        let mut header = [0; HEADER_LEN];
-        header[..4].copy_from_slice(&self.field.to_le_bytes());
-        header[4..8].copy_from_slice(&crc.to_le_bytes());
-        header[8..].copy_from_slice(&seq_bytes);
-        header
+        record::header(self.field, crc, seq)
     }
 }
 

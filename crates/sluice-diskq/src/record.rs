@@ -212,12 +212,19 @@ impl<'a> Prepared<'a> {
             crc = crc32c::crc32c_append(crc, &field.to_le_bytes());
         }
         buf.reserve(HEADER_LEN + payload_len);
-        buf.extend_from_slice(&field.to_le_bytes());
-        buf.extend_from_slice(&crc.to_le_bytes());
-        buf.extend_from_slice(&seq_bytes);
+        buf.extend_from_slice(&header(field, crc, seq));
         buf.extend_from_slice(self.head());
         buf.extend_from_slice(self.body);
     }
+}
+
+/// The 16 header bytes of a record: its length field (flag included), checksum and seq.
+pub(crate) fn header(field: u32, crc: u32, seq: Seq) -> [u8; HEADER_LEN] {
+    let mut header = [0; HEADER_LEN];
+    header[..4].copy_from_slice(&field.to_le_bytes());
+    header[4..8].copy_from_slice(&crc.to_le_bytes());
+    header[8..].copy_from_slice(&seq.to_le_bytes());
+    header
 }
 
 /// Appends the encoding of an unflagged record holding one entry to `buf`.
