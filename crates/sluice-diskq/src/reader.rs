@@ -10,9 +10,11 @@
 //!   (`offset`, `record_seq`) with `seq` on the next entry, and the next read skips the entries
 //!   before it.
 //! - The tail path is zero-copy (entries are slices of the written batch) and hands back the
-//!   memos attached at append, moving them out of the chunk; the file path reads through the scanner's 64 KiB window and
-//!   copies each record's payload once, slicing its entries from the copy (no memos), so
-//!   memory is bounded by the batch asked for (plus one record).
+//!   memos attached at append, moving them out of the chunk; the file path reads through the
+//!   scanner's window and copies each record's payload once, slicing its entries from the copy
+//!   (no memos), so memory is bounded by the batch asked for (plus one record).
+//! - A tail chunk the reader has read wholly leaves the tail at its next read: the cursor never
+//!   goes back, so the tail holds only what is still to be read.
 //! - Entries lost to corruption found while reading are skipped, treated as acknowledged, and
 //!   counted unless recovery already counted them (i.e. already acknowledged them).
 //!
@@ -188,7 +190,7 @@ pub(crate) fn try_read<M, T: Handout<M>>(
             sh.reader_moved.notify_waiters();
         }
     };
-    // Tail chunks this read finished with, dropped once the locks are released.
+    // Tail chunks this read finished with, dropped at the end, outside the queue's lock.
     let mut read_out = Vec::new();
     loop {
         sh.counters.read_seq.store(cur.seq, Ordering::SeqCst);
@@ -198,9 +200,9 @@ pub(crate) fn try_read<M, T: Handout<M>>(
         }
         let (visible, chunk) = {
             let mut st = sh.state.lock();
-            // Chunks wholly read are of no use any more (the cursor never goes back): freed
-            // now, not when newer writes push them out, the tail holds only what the reader
-            // has yet to take, and memory falls back once the reader has caught up.
+            // Chunks wholly read are of no use any more (the cursor never goes back). Freed
+            // now rather than when newer writes push them out, so the tail holds only what
+            // the reader has yet to take, and memory falls back once it has caught up.
             while let Some(front) = st.tail.front()
                 && front.end_seq <= cur.seq
                 && let Some(done) = st.tail.pop_front()
