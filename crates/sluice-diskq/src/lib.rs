@@ -23,7 +23,7 @@
 //! - **Bounded memory.** Recovery streams through segments; readers are served from an
 //!   in-memory tail of written batches they have not finished (bounded by
 //!   [`Options::read_cache_bytes`]; a batch leaves it once read, or when newer writes push it
-//!   out) and otherwise read segment files through a 64 KiB window. Memory does not grow with
+//!   out) and otherwise read segment files through a 256 KiB window. Memory does not grow with
 //!   the backlog, and falls back once the reader has caught up.
 //! - **Corruption is skipped, never fatal.** A bad record is skipped and counted; a torn tail is
 //!   truncated. The queue refuses to open only if the directory is unreadable or locked by
