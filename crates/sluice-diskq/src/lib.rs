@@ -267,9 +267,10 @@ pub struct Options {
     /// fast and half as costly in CPU (default true). With direct I/O, an acknowledged segment
     /// of at least half a segment is renamed to the spare instead of being deleted (recycled:
     /// no byte written); otherwise a background thread writes `segment_bytes` zeros, only once
-    /// the queue is busy (more than one segment, or a quarter of one written) and only while
-    /// syncs are small (under 128 KiB on average since the preparer last looked: for large
-    /// group commits the zeros cost more than they save). The spare is real disk usage: it is
+    /// the active segment is a quarter full (giving the segment before it time to be
+    /// acknowledged and recycled) and only while syncs are small (under 128 KiB on average
+    /// since the preparer last looked: for large group commits the zeros cost more than they
+    /// save). The spare is real disk usage: it is
     /// kept only while `bytes on disk + 2 * segment_bytes <= max_bytes`. See `prep.rs`.
     pub preallocate: bool,
     /// Write segments with `O_DIRECT` under [`SyncPolicy::Always`], where the filesystem takes

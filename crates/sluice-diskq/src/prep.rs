@@ -29,9 +29,10 @@
 //!   file while it is `preparing` (set under the lock, only while not `ready`), and the writer
 //!   recycles a segment only while neither, so no two of them ever work on the file at once.
 //! - Space: a spare is prepared only while `disk_bytes + 2 * segment_bytes <= max_bytes`, so a
-//!   queue smaller than two segments never prepares one; and only once the queue is busy (it
-//!   holds more than one segment, or its only one is a quarter full), so a mostly idle queue
-//!   never takes two whole segments of disk for a few events.
+//!   queue smaller than two segments never prepares one; and only once the active segment is a
+//!   quarter full, so a mostly idle queue never takes two whole segments of disk for a few
+//!   events, and the segment left at a roll-over has that long to be acknowledged and
+//!   recycled before zeros are written instead.
 //! - Only for small syncs: since the last look, the writer's syncs averaged less than
 //!   [`SMALL_SYNC_BYTES`]. A spare saves a fixed amount per sync (the inode update and block
 //!   allocation of a growing file: on ext4 without a journal, a second synchronous write per
@@ -207,13 +208,15 @@ fn room<M>(shared: &Shared<M>) -> bool {
             .is_some_and(|need| need <= shared.opts.max_bytes)
 }
 
-/// A queue wants a spare once it holds more than one segment or its only one is a quarter
-/// full: a mostly idle queue never costs two whole segments of disk for a few events.
+/// A queue wants a spare once its active segment is a quarter full: a mostly idle queue never
+/// costs two whole segments of disk for a few events, and right after a roll-over the segment
+/// left behind has a quarter of a segment's time to be acknowledged and recycled before zeros
+/// are written instead (with more than one segment counting as busy, the preparer began at
+/// once and was nearly always first).
 fn busy(segments: &std::collections::VecDeque<crate::state::SegMeta>, segment_bytes: u64) -> bool {
-    segments.len() > 1
-        || segments
-            .back()
-            .is_some_and(|s| s.bytes >= segment_bytes / 4)
+    segments
+        .back()
+        .is_some_and(|s| s.bytes >= segment_bytes / 4)
 }
 
 /// Whether `before` → `after` bytes of the active segment just crossed the mark where a spare
