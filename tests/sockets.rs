@@ -456,7 +456,7 @@ async fn lines_a_disk_queue_keeps_over_a_restart_arrive_once_and_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_for_syncs_is_counted_as_the_producers_backpressure() {
     const CONNECTIONS: usize = 4;
-    const PER_CONNECTION: usize = 40_000;
+    const PER_CONNECTION: usize = 160_000;
     const TOTAL: u64 = (CONNECTIONS * PER_CONNECTION) as u64;
     let (receiver, _) = LineReceiver::collecting().await;
     let relay = TestRelay::start(&relay_config(
@@ -471,8 +471,8 @@ async fn waiting_for_syncs_is_counted_as_the_producers_backpressure() {
     let senders: Vec<_> = (0..CONNECTIONS)
         .map(|conn| {
             tokio::spawn(async move {
-                // About 4 MiB per connection: many 64 KiB reads, each window of three waiting
-                // for a sync before the next read.
+                // About 16 MiB per connection: many reads of up to 128 KiB, each window of six
+                // waiting for a sync before the next read.
                 let mut bytes = Vec::new();
                 for seq in 0..PER_CONNECTION {
                     writeln!(bytes, "c{conn} {seq:010} {}", "x".repeat(84)).expect("format");
