@@ -392,20 +392,7 @@ async fn lines_a_disk_queue_keeps_over_a_restart_arrive_once_and_in_order() {
     );
     let relay = TestRelay::start(&config).await;
     let source = relay.addr("in");
-    let senders: Vec<_> = (0..CONNECTIONS)
-        .map(|conn| {
-            tokio::spawn(async move {
-                let mut bytes = Vec::new();
-                for seq in 0..PER_CONNECTION {
-                    writeln!(bytes, "c{conn} {seq}").expect("format");
-                }
-                send_tcp(source, &bytes).await;
-            })
-        })
-        .collect();
-    for sender in senders {
-        sender.await.expect("sender");
-    }
+    send_numbered_lines(source, CONNECTIONS, PER_CONNECTION, 0).await;
     relay
         .wait_for("every line queued while the peer is away", |s| {
             let sink = component(s, "out");
@@ -450,6 +437,37 @@ async fn lines_a_disk_queue_keeps_over_a_restart_arrive_once_and_in_order() {
     receiver.stop();
 }
 
+/// Sends `per_connection` lines `c<conn> <seq>` (seq zero-padded to 10 digits, then `pad` x's
+/// after a space if `pad` > 0) over each of `connections` TCP connections at once, and waits
+/// until all are sent.
+async fn send_numbered_lines(
+    source: std::net::SocketAddr,
+    connections: usize,
+    per_connection: usize,
+    pad: usize,
+) {
+    let padding = if pad > 0 {
+        format!(" {}", "x".repeat(pad))
+    } else {
+        String::new()
+    };
+    let senders: Vec<_> = (0..connections)
+        .map(|conn| {
+            let padding = padding.clone();
+            tokio::spawn(async move {
+                let mut bytes = Vec::new();
+                for seq in 0..per_connection {
+                    writeln!(bytes, "c{conn} {seq:010}{padding}").expect("format");
+                }
+                send_tcp(source, &bytes).await;
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.await.expect("sender");
+    }
+}
+
 /// With a disk queue (`ack = durable` by default), connections that send faster than the disk
 /// syncs wait for the syncs of their earlier reads, and that wait is counted by cause at
 /// `/stats` and `/metrics`, while every line arrives once and the ledger balances.
@@ -468,22 +486,9 @@ async fn waiting_for_syncs_is_counted_as_the_producers_backpressure() {
     ))
     .await;
     let source = relay.addr("in");
-    let senders: Vec<_> = (0..CONNECTIONS)
-        .map(|conn| {
-            tokio::spawn(async move {
-                // About 16 MiB per connection: many reads of up to 128 KiB, each window of six
-                // waiting for a sync before the next read.
-                let mut bytes = Vec::new();
-                for seq in 0..PER_CONNECTION {
-                    writeln!(bytes, "c{conn} {seq:010} {}", "x".repeat(84)).expect("format");
-                }
-                send_tcp(source, &bytes).await;
-            })
-        })
-        .collect();
-    for sender in senders {
-        sender.await.expect("sender");
-    }
+    // About 16 MiB per connection: many reads of up to 128 KiB, each window of six waiting
+    // for a sync before the next read.
+    send_numbered_lines(source, CONNECTIONS, PER_CONNECTION, 84).await;
     receiver.wait_for(TOTAL).await;
     let stats = relay.assert_settled_and_balanced().await;
     let source_stats = component(&stats, "in");

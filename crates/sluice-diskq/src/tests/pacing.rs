@@ -7,17 +7,22 @@ use std::time::{Duration, Instant};
 use super::{fill, small_opts};
 use crate::{DiskQueue, Options};
 
-#[tokio::test]
-async fn appenders_wait_for_a_reader_falling_behind_but_never_twice_for_a_stalled_one() {
-    let dir = tempfile::tempdir().unwrap();
+/// A queue in `dir` with room for many segments and an in-memory tail of `read_cache_bytes`.
+fn open_with_tail(dir: &std::path::Path, read_cache_bytes: usize) -> DiskQueue {
     let opts = Options {
         max_bytes: 16 << 20,
         segment_bytes: 1 << 20,
-        // Ten rounds of twenty small records fit in it, and are more than half of it.
-        read_cache_bytes: 16 << 10,
+        read_cache_bytes,
         ..small_opts()
     };
-    let (q, _) = DiskQueue::<()>::open(dir.path(), opts).unwrap();
+    DiskQueue::open(dir, opts).unwrap().0
+}
+
+#[tokio::test]
+async fn appenders_wait_for_a_reader_falling_behind_but_never_twice_for_a_stalled_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // Ten rounds of twenty small records fit in the tail, and are more than half of it.
+    let q = open_with_tail(dir.path(), 16 << 10);
     let soon = Duration::from_secs(2);
 
     // Nothing to read: nobody waits.
@@ -82,13 +87,7 @@ async fn a_reader_behind_the_whole_tail_is_not_waited_for() {
 #[tokio::test]
 async fn the_tail_holds_only_what_the_reader_has_yet_to_take() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = Options {
-        max_bytes: 16 << 20,
-        segment_bytes: 1 << 20,
-        read_cache_bytes: 1 << 20,
-        ..small_opts()
-    };
-    let (q, _) = DiskQueue::<()>::open(dir.path(), opts).unwrap();
+    let q = open_with_tail(dir.path(), 1 << 20);
     for round in 0..10 {
         fill(&q, round * 20, 20).await;
     }
