@@ -168,10 +168,10 @@ fn find_cycle<'a>(
         path.push(name);
         if let Some(node) = by_name.get(name) {
             for input in node.inputs {
-                if by_name.contains_key(input.as_str()) {
-                    if let Some(cycle) = visit(input.as_str(), by_name, marks, path) {
-                        return Some(cycle);
-                    }
+                if by_name.contains_key(input.as_str())
+                    && let Some(cycle) = visit(input.as_str(), by_name, marks, path)
+                {
+                    return Some(cycle);
                 }
             }
         }

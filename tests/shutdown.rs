@@ -81,10 +81,10 @@ retry = {{ initial_backoff = "10ms", max_backoff = "50ms" }}
     let http = client();
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        if let Ok(r) = http.get(format!("{}/ready", process.admin)).send().await {
-            if r.status() == StatusCode::OK {
-                break;
-            }
+        if let Ok(r) = http.get(format!("{}/ready", process.admin)).send().await
+            && r.status() == StatusCode::OK
+        {
+            break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,

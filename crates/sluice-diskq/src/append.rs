@@ -7,7 +7,10 @@
 //! pending chunk with one `memcpy` — or, for a large batch handed over
 //! ([`DiskQueue::append_batch_taking`]), writes its header into the room the batch kept for it
 //! and queues the batch's buffer as a chunk of its own: nothing is copied, and the lock is held
-//! for a fixed time whatever the batch's size. Invariants:
+//! for a fixed time whatever the batch's size. With direct I/O such a record is placed at the
+//! next block boundary of the segment, the gap filled with a padding record written into the
+//! room the batch kept in front of it, so the writer sends it to the device from that buffer
+//! (see `direct.rs`). Invariants:
 //!
 //! - An append is all or nothing: the record is either buffered whole, with every entry
 //!   numbered contiguously, or refused with nothing buffered.
@@ -23,7 +26,7 @@ use std::time::Instant;
 use parking_lot::MutexGuard;
 
 use crate::batch::FRONT;
-use crate::record::{Prepared, encoded_len};
+use crate::record::{HEADER_LEN, Prepared, encoded_len};
 use crate::state::{Chunk, Memos, PENDING_LIMIT, SegMeta, Shared, State};
 use crate::{AppendError, DiskQueue, RecordBatch, Seq};
 
@@ -36,10 +39,12 @@ const TAKE_AT_LEAST: usize = 8 * 1024;
 #[cfg(test)]
 const TAKE_AT_LEAST: usize = 64;
 
-/// Where a record was placed: its segment, its offset there, and its entries' seqs.
+/// Where a record was placed: its segment, its offset there (that of the padding in front of
+/// it, if any), the padding's length, and its entries' seqs.
 struct Placed {
     segment: Seq,
     offset: u64,
+    pad: u64,
     seqs: Range<Seq>,
 }
 
@@ -109,6 +114,12 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
         };
         let sh = self.shared();
         check_size(sh, sealed.payload_len)?;
+        // With direct I/O the record is placed at an aligned offset, to be written from its
+        // own buffer: that needs it at an aligned address too.
+        let align = sh.direct_io.then_some(sh.direct_align as u64);
+        if align.is_some() {
+            batch.realign();
+        }
         // Memos are kept by their index in the chunk, which starts with this record.
         let memos = checked_memos(batch, memos);
         let mut chunk_memos = Memos::new();
@@ -118,7 +129,7 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
         let replacement = sh.pool.take(batch.capacity().max(FRONT));
         let rec_len = encoded_len(sealed.payload_len) as u64;
         let mut st = sh.state.lock();
-        let placed = match reserve(sh, &mut st, rec_len, u64::from(sealed.entries)) {
+        let placed = match reserve(sh, &mut st, rec_len, u64::from(sealed.entries), align) {
             Ok(placed) => placed,
             Err(e) => {
                 drop(st);
@@ -126,13 +137,17 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
                 return Err(e);
             }
         };
-        let buf = batch.take_record(&sealed, sealed.header(placed.seqs.start), replacement);
+        // A pad is at most PAD_ROOM bytes (see `reserve`).
+        let pad = placed.pad as usize;
+        let (buf, skip) = batch.take_record(&sealed, placed.seqs.start, pad, replacement);
         st.pending.push(Chunk {
             segment: placed.segment,
             offset: placed.offset,
             first_seq: placed.seqs.start,
             end_seq: placed.seqs.end,
             buf,
+            skip,
+            direct_from: align.map(|_| pad),
             memos: chunk_memos,
             opened: Instant::now(),
         });
@@ -157,7 +172,8 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
             segment,
             offset,
             seqs,
-        } = reserve(sh, &mut st, rec_len, u64::from(record.entries()))?;
+            ..
+        } = reserve(sh, &mut st, rec_len, u64::from(record.entries()), None)?;
         match st.pending.last_mut() {
             Some(c) if c.segment == segment => {
                 record.encode_into(&mut c.buf, seqs.start);
@@ -176,6 +192,8 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
                     first_seq: seqs.start,
                     end_seq: seqs.end,
                     buf,
+                    skip: 0,
+                    direct_from: None,
                     memos: chunk_memos,
                     opened: Instant::now(),
                 });
@@ -214,12 +232,15 @@ fn check_size<M>(sh: &Shared<M>, payload_len: usize) -> Result<(), AppendError> 
 }
 
 /// Under the queue's lock: reserves `entries` seqs and `rec_len` bytes of the active segment
-/// for one record (rolling the segment over if it would not fit), or says why not.
+/// for one record (rolling the segment over if it would not fit), or says why not. With
+/// `align`, the record is to start at a multiple of it, behind a padding record (at least a
+/// header long, so at most `align + HEADER_LEN - 1` bytes) whose bytes are reserved with it.
 fn reserve<M>(
     sh: &Shared<M>,
     st: &mut MutexGuard<'_, State<M>>,
     rec_len: u64,
     entries: u64,
+    align: Option<u64>,
 ) -> Result<Placed, AppendError> {
     if st.close_requested || st.shutdown {
         return Err(AppendError::Closed);
@@ -227,16 +248,28 @@ fn reserve<M>(
     if let Some(f) = &st.failed {
         return Err(AppendError::Io(f.clone()));
     }
+    let pad_at = |offset: u64| match align {
+        Some(a) if !offset.is_multiple_of(a) => {
+            let gap = a - offset % a;
+            if gap < HEADER_LEN as u64 {
+                gap + a
+            } else {
+                gap
+            }
+        }
+        _ => 0,
+    };
     let max_bytes = sh.opts.max_bytes;
     let next_seq = st.next_seq;
     let all_acked = st.acks.low_water() >= next_seq;
-    let over = st.disk_bytes + rec_len > max_bytes;
     let active = st.segments.back().copied().unwrap_or(SegMeta {
         first: next_seq,
         bytes: 0,
     });
+    let need = pad_at(active.bytes) + rec_len;
+    let over = st.disk_bytes + need > max_bytes;
     if st.segments.is_empty()
-        || active.bytes > 0 && (active.bytes + rec_len > sh.opts.segment_bytes || all_acked && over)
+        || active.bytes > 0 && (active.bytes + need > sh.opts.segment_bytes || all_acked && over)
     {
         // Roll over. When everything is acknowledged this also lets the old active segment
         // be deleted, which is the only way to free space in a queue of one segment.
@@ -249,28 +282,34 @@ fn reserve<M>(
             sh.wake_writer(st);
         }
     }
-    let backlog = st.pending_bytes > 0 && st.pending_bytes + rec_len > PENDING_LIMIT;
+    let Some(seg) = st.segments.back() else {
+        unreachable!("segments is never empty: a segment was pushed above if it was");
+    };
+    let (segment, offset) = (seg.first, seg.bytes);
+    let pad = pad_at(offset);
+    let total = pad + rec_len;
+    let over = st.disk_bytes + total > max_bytes;
+    let backlog = st.pending_bytes > 0 && st.pending_bytes + total > PENDING_LIMIT;
     if over || backlog {
         st.space_wanted |= backlog;
         st.full_epoch = Some(*sh.space.borrow());
         return Err(AppendError::Full {
             bytes: st.disk_bytes,
-            record_bytes: rec_len,
+            record_bytes: total,
             max_bytes,
         });
     }
     let end_seq = next_seq + entries;
     st.next_seq = end_seq;
-    st.disk_bytes += rec_len;
-    st.pending_bytes += rec_len;
-    let Some(seg) = st.segments.back_mut() else {
-        unreachable!("segments is never empty: a segment was pushed above if it was");
-    };
-    let (segment, offset) = (seg.first, seg.bytes);
-    seg.bytes += rec_len;
+    st.disk_bytes += total;
+    st.pending_bytes += total;
+    if let Some(seg) = st.segments.back_mut() {
+        seg.bytes += total;
+    }
     Ok(Placed {
         segment,
         offset,
+        pad,
         seqs: next_seq..end_seq,
     })
 }

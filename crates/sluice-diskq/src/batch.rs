@@ -1,25 +1,39 @@
 //! [`RecordBatch`]: many entries gathered by the appender, written as one record.
 //!
-//! The batch owns a buffer laid out exactly as a flagged record: [`FRONT`] bytes kept free for
-//! the 16-byte header and the 4-byte entry count, then the body of its payload — `u32 LE len |
-//! bytes` per entry, back to back (see [`crate::record`]). So `DiskQueue::append_batch` copies
-//! the body into the pending write with one `memcpy`, and `DiskQueue::append_batch_taking`
-//! fills the front in and takes the whole buffer as the record, copying nothing. A batch of
-//! one entry is written as a plain, unflagged record: its length prefix is skipped.
+//! The batch owns a buffer laid out so that it can become the record itself: room for a
+//! padding record (see `record.rs`), then, at a [`BLOCK`]-aligned address, [`FRONT`] bytes kept
+//! free for the 16-byte header and the 4-byte entry count, then the body of its payload —
+//! `u32 LE len | bytes` per entry, back to back (see [`crate::record`]). So
+//! `DiskQueue::append_batch` copies the body into the pending write with one `memcpy`, and
+//! `DiskQueue::append_batch_taking` fills the front (and, for direct I/O, a pad before it) in
+//! and takes the whole buffer as the record, copying nothing: the writer sends the record's
+//! whole blocks to the device straight from this buffer (see `direct.rs`). A batch of one
+//! entry is written as a plain, unflagged record: its length prefix is skipped.
 //!
-//! Invariant: `buf` is empty or holds the front, then exactly `count` well-formed
-//! length-prefixed entries. The batch is meant to be reused: `clear()` keeps the allocation.
+//! Invariant: `buf` is empty or holds `start` bytes of room, the front, then exactly `count`
+//! well-formed length-prefixed entries; `start` is at least [`PAD_ROOM`]. The record's first
+//! byte is at a `BLOCK`-aligned address unless the buffer grew (moved) while entries were
+//! added: [`RecordBatch::realign`] restores that before the buffer is taken. The batch is meant
+//! to be reused: `clear()` keeps the allocation.
 
 use crate::crc;
+use crate::direct::BLOCK;
 use crate::record::{self, ENTRIES_FLAG, ENTRY_PREFIX_LEN, HEADER_LEN, Prepared};
 
-/// Bytes kept free at the front of a batch's buffer: the record header and the entry count.
+/// Bytes kept free at the front of a batch's record: the record header and the entry count.
 pub(crate) const FRONT: usize = HEADER_LEN + ENTRY_PREFIX_LEN;
+
+/// Room kept in front of the record for the padding that aligns it in the file: a pad fills
+/// the gap to the next direct-I/O boundary, plus one boundary's worth when the gap is too short
+/// for a header, so it is at most `BLOCK + HEADER_LEN - 1` bytes.
+pub(crate) const PAD_ROOM: usize = BLOCK + HEADER_LEN;
 
 /// A reusable builder of a multi-entry record. See the module documentation.
 #[derive(Debug, Clone, Default)]
 pub struct RecordBatch {
     buf: Vec<u8>,
+    /// Where the record starts in `buf` (see the module documentation).
+    start: usize,
     count: u32,
     /// Each entry's length, in order: kept with the entries' memos so that a reader taking
     /// them from memory finds each entry without reading its length prefix (see `reader.rs`).
@@ -34,9 +48,48 @@ impl RecordBatch {
 
     /// Removes every entry, keeping the buffer's allocation.
     pub fn clear(&mut self) {
-        self.buf.truncate(FRONT);
+        self.buf.truncate(self.start + FRONT);
         self.count = 0;
         self.lens.clear();
+    }
+
+    /// Lays out the room and the front in an empty buffer, the record starting at an aligned
+    /// address.
+    fn lay_out_front(&mut self) {
+        loop {
+            let start = aligned_start(&self.buf);
+            if self.buf.capacity() >= start + FRONT {
+                self.buf.clear();
+                self.buf.resize(start + FRONT, 0);
+                self.start = start;
+                return;
+            }
+            // May move the buffer: the start is worked out again.
+            self.buf.reserve(start + FRONT + BLOCK);
+        }
+    }
+
+    /// Whether the record starts at a [`BLOCK`]-aligned address.
+    pub(crate) fn is_aligned(&self) -> bool {
+        (self.buf.as_ptr() as usize + self.start).is_multiple_of(BLOCK)
+    }
+
+    /// Moves the record to an aligned address if the buffer moved when it grew (which costs a
+    /// copy of the record: a warm buffer is large enough not to grow).
+    pub(crate) fn realign(&mut self) {
+        if self.buf.is_empty() || self.is_aligned() {
+            return;
+        }
+        let len = self.buf.len() - self.start;
+        // The new start is at most PAD_ROOM + BLOCK - 1 ≤ old start + BLOCK - 1.
+        self.buf.reserve(BLOCK);
+        let start = aligned_start(&self.buf);
+        if start + len > self.buf.len() {
+            self.buf.resize(start + len, 0);
+        }
+        self.buf.copy_within(self.start..self.start + len, start);
+        self.buf.truncate(start + len);
+        self.start = start;
     }
 
     /// Adds one entry.
@@ -52,8 +105,8 @@ impl RecordBatch {
     ///
     /// If `f` shortens the buffer (a bug in the caller, not a data error).
     pub fn push_with(&mut self, f: impl FnOnce(&mut Vec<u8>)) {
-        if self.buf.len() < FRONT {
-            self.buf.resize(FRONT, 0);
+        if self.buf.len() < self.start + FRONT {
+            self.lay_out_front();
         }
         let at = self.buf.len();
         self.buf.extend_from_slice(&[0; ENTRY_PREFIX_LEN]);
@@ -99,7 +152,7 @@ impl RecordBatch {
 
     /// The entries, each with its length prefix.
     fn body(&self) -> &[u8] {
-        self.buf.get(FRONT..).unwrap_or_default()
+        self.buf.get(self.start + FRONT..).unwrap_or_default()
     }
 
     /// The record this batch is written as, with its payload checksummed; `None` when empty.
@@ -134,25 +187,40 @@ impl RecordBatch {
         })
     }
 
-    /// Fills the front in with `header` and the entry count, and hands the buffer over as the
-    /// whole record, leaving the batch empty with `replacement` as its buffer.
+    /// Fills the front in with `header` and the entry count, and `pad` bytes in front of it
+    /// with a padding record (none if 0; at most [`PAD_ROOM`]), and hands the buffer over,
+    /// leaving the batch empty with `replacement` as its buffer. Returns the buffer and where
+    /// in it the bytes to write start (the pad, or the record).
     pub(crate) fn take_record(
         &mut self,
         sealed: &Sealed,
-        header: [u8; HEADER_LEN],
+        seq: u64,
+        pad: usize,
         replacement: Vec<u8>,
-    ) -> Vec<u8> {
+    ) -> (Vec<u8>, usize) {
+        let start = self.start;
         let mut buf = std::mem::replace(&mut self.buf, replacement);
-        buf[..HEADER_LEN].copy_from_slice(&header);
-        buf[HEADER_LEN..FRONT].copy_from_slice(&sealed.count);
+        buf[start..start + HEADER_LEN].copy_from_slice(&sealed.header(seq));
+        buf[start + HEADER_LEN..start + FRONT].copy_from_slice(&sealed.count);
+        let from = start - pad.min(PAD_ROOM);
+        if from < start {
+            record::write_padding(&mut buf[from..start], seq);
+        }
         self.clear();
-        buf
+        (buf, from)
     }
 
     /// Memory the buffer holds.
     pub(crate) fn capacity(&self) -> usize {
         self.buf.capacity()
     }
+}
+
+/// Where, in `buf`'s allocation, a record starting at a [`BLOCK`]-aligned address after at least
+/// [`PAD_ROOM`] bytes would start.
+fn aligned_start(buf: &[u8]) -> usize {
+    let room_end = buf.as_ptr() as usize + PAD_ROOM;
+    PAD_ROOM + (room_end.wrapping_neg() & (BLOCK - 1))
 }
 
 /// A multi-entry record's header fields, all but the seq (see [`RecordBatch::seal`]).
@@ -271,8 +339,11 @@ mod tests {
             let encoded = encode(&batch, seq);
             let sealed = batch.seal().unwrap();
             assert_eq!(sealed.payload_len, batch.payload_bytes());
-            let taken = batch.take_record(&sealed, sealed.header(seq), Vec::new());
-            assert_eq!(taken, encoded, "{n} entries of {size} bytes");
+            batch.realign();
+            assert!(batch.is_aligned());
+            let (taken, from) = batch.take_record(&sealed, seq, 0, Vec::new());
+            assert_eq!(&taken[from..], &encoded[..], "{n} entries of {size} bytes");
+            assert_eq!(taken[from..].as_ptr() as usize % BLOCK, 0);
             assert!(batch.is_empty() && batch.prepare().is_none());
             // The emptied batch builds the next record as before.
             batch.push(b"next");
@@ -282,6 +353,44 @@ mod tests {
         let mut one = RecordBatch::new();
         one.push(b"single");
         assert!(one.seal().is_none(), "a batch of one is a plain record");
+    }
+
+    #[test]
+    fn a_batch_that_grew_is_realigned_and_taken_behind_its_padding() {
+        let mut batch = RecordBatch::new();
+        for i in 0..2000u32 {
+            batch.push(&i.to_le_bytes().repeat(20));
+        }
+        // Move the buffer as growing it may (and may not) do.
+        for extra in 1.. {
+            if !batch.is_aligned() {
+                break;
+            }
+            assert!(extra < 100, "every copy of the buffer landed aligned");
+            let mut moved = Vec::with_capacity(batch.buf.len() + 16 * extra);
+            moved.extend_from_slice(&batch.buf);
+            batch.buf = moved;
+        }
+        let encoded = encode(&batch, 500);
+        batch.realign();
+        assert!(batch.is_aligned());
+        assert_eq!(encode(&batch, 500), encoded, "realigning keeps the record");
+        let sealed = batch.seal().unwrap();
+        for pad in [HEADER_LEN, 100, PAD_ROOM - 1] {
+            let mut again = RecordBatch::new();
+            for i in 0..2000u32 {
+                again.push(&i.to_le_bytes().repeat(20));
+            }
+            again.realign();
+            let (taken, from) = again.take_record(&sealed, 500, pad, Vec::new());
+            let bytes = &taken[from..];
+            assert_eq!(
+                decode(bytes),
+                crate::record::Decoded::Padding { seq: 500, len: pad }
+            );
+            assert_eq!(&bytes[pad..], &encoded[..]);
+            assert_eq!(bytes[pad..].as_ptr() as usize % BLOCK, 0);
+        }
     }
 
     #[test]

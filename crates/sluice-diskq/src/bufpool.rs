@@ -59,11 +59,12 @@ impl BufPool {
         }
     }
 
-    /// Turns a written chunk's buffer into the [`Bytes`] the tail keeps, returning them and the
-    /// memory they hold (to count against the tail's budget).
-    pub fn freeze(pool: &Arc<BufPool>, buf: Vec<u8>) -> (Bytes, usize) {
-        if buf.len() < buf.capacity() / 8 {
-            let bytes = Bytes::copy_from_slice(&buf);
+    /// Turns a written chunk's buffer, whose bytes start at `skip`, into the [`Bytes`] the tail
+    /// keeps, returning them and the memory they hold (to count against the tail's budget).
+    pub fn freeze(pool: &Arc<BufPool>, buf: Vec<u8>, skip: usize) -> (Bytes, usize) {
+        let skip = skip.min(buf.len());
+        if buf.len() - skip < buf.capacity() / 8 {
+            let bytes = Bytes::copy_from_slice(&buf[skip..]);
             pool.put(buf);
             let held = bytes.len();
             return (bytes, held);
@@ -73,7 +74,7 @@ impl BufPool {
             buf,
             pool: pool.clone(),
         };
-        (Bytes::from_owner(owner), held)
+        (Bytes::from_owner(owner).slice(skip..), held)
     }
 
     /// Buffers currently kept (for tests).
@@ -111,7 +112,7 @@ mod tests {
         let mut buf = pool.take(10);
         assert!(buf.capacity() >= CHUNK_START);
         buf.resize(CHUNK_START, 7);
-        let (bytes, held) = BufPool::freeze(&pool, buf);
+        let (bytes, held) = BufPool::freeze(&pool, buf, 0);
         assert_eq!(held, bytes.len());
         let slice = bytes.slice(10..20);
         drop(bytes);
@@ -128,7 +129,7 @@ mod tests {
         let pool = Arc::new(BufPool::default());
         let mut buf = pool.take(10);
         buf.extend_from_slice(b"small");
-        let (bytes, held) = BufPool::freeze(&pool, buf);
+        let (bytes, held) = BufPool::freeze(&pool, buf, 0);
         assert_eq!((&bytes[..], held), (&b"small"[..], 5));
         assert_eq!(pool.len(), 1);
     }

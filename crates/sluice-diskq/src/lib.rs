@@ -19,7 +19,10 @@
 //!   covers it with a single `fdatasync` (`File::sync_data`); every waiter covered by that sync is
 //!   released by it. While it syncs, the next batch accumulates. Files are never written through
 //!   mmap; under [`SyncPolicy::Always`] they are written with `O_DIRECT` where the filesystem
-//!   takes it ([`Options::direct_io`]), in whole 4 KiB blocks, the last one padded with zeros.
+//!   takes it ([`Options::direct_io`]), in whole blocks gathered into one `pwritev` per round,
+//!   the last one padded with zeros to a 4 KiB boundary. A large batch handed over with
+//!   [`DiskQueue::append_batch_taking`] is placed at a block boundary (behind a padding record)
+//!   and written from its own buffer: no copy between the appender and the device.
 //! - **Bounded memory.** Recovery streams through segments; readers are served from an
 //!   in-memory tail of written batches they have not finished (bounded by
 //!   [`Options::read_cache_bytes`]; a batch leaves it once read, or when newer writes push it
@@ -44,8 +47,8 @@
 //!
 //! | offset | size | field   | meaning                                                    |
 //! | ------ | ---- | ------- | ---------------------------------------------------------- |
-//! | 0      | 4    | length  | bits 0..31: payload bytes, at most 256 MiB (format limit); bit 31: the *entries* flag |
-//! | 4      | 4    | crc32c  | CRC-32C over `seq` and `payload` (then the length field, if flagged) |
+//! | 0      | 4    | length  | bits 0..30: payload bytes, at most 256 MiB (format limit); bit 31: the *entries* flag; bit 30: the *pad* flag |
+//! | 4      | 4    | crc32c  | CRC-32C over `seq` and `payload` (then the length field, if flagged or a pad) |
 //! | 8      | 8    | seq     | the sequence number of the record's first entry            |
 //! | 16     | len  | payload | unflagged: one entry, opaque bytes                         |
 //!
@@ -59,7 +62,14 @@
 //!
 //! A record of one entry is always written unflagged, so queues written before multi-entry
 //! records existed read the same. A flagged record whose entries do not fill its payload
-//! exactly, and a length field with any other bit above the limit set, are corrupt.
+//! exactly, and a length field with any other bit above the limit set (or both flags), are
+//! corrupt.
+//!
+//! A *padding record* (pad flag) holds no entry: its payload is zeros to skip, and its seq is
+//! that of the record after it. The writer puts one in front of a large record to start it at
+//! a direct-I/O block boundary; readers, recovery and `inspect` step over it. (Queues written
+//! before padding existed read the same; a binary from before then counts a pad as a corrupt
+//! record of no entries, and skips it.)
 //!
 //! A segment made from the spare holds its records followed by zeros up to `segment_bytes`,
 //! or by a recycled file's old records: from a record boundary, zeros up to the end of a file

@@ -179,10 +179,12 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
         });
         let (space, _) = watch::channel(0u64);
         let (readable, _) = watch::channel(());
-        let direct_io =
-            opts.direct_io && opts.sync == SyncPolicy::Always && crate::direct::supported(&dir);
+        let direct_align = (opts.direct_io && opts.sync == SyncPolicy::Always)
+            .then(|| crate::direct::alignment(&dir))
+            .flatten();
         let shared = Arc::new(Shared {
-            direct_io,
+            direct_io: direct_align.is_some(),
+            direct_align: direct_align.unwrap_or(crate::direct::BLOCK),
             dir,
             opts,
             state: Mutex::new(state),

@@ -357,6 +357,11 @@ fn take_from_chunk<M, T: Handout<M>>(
         if end > chunk.bytes.len() {
             return;
         }
+        if h.pad {
+            // Padding in front of an aligned record (see `record.rs`): nothing to hand out.
+            pos = end;
+            continue;
+        }
         let payload = pos + HEADER_LEN..end;
         let body = chunk.bytes.get(payload.clone()).unwrap_or_default();
         let count = u64::from(Entries::new(body, h.multi).remaining());

@@ -7,14 +7,23 @@
 //!
 //! ```text
 //! offset  size  field
-//! 0       4     length   u32 LE: bits 0..31 payload length in bytes (not counting this 16-byte
-//!                        header, at most FORMAT_MAX_PAYLOAD); bit 31 the ENTRIES flag
+//! 0       4     length   u32 LE: bits 0..30 payload length in bytes (not counting this 16-byte
+//!                        header, at most FORMAT_MAX_PAYLOAD); bit 31 the ENTRIES flag,
+//!                        bit 30 the PAD flag
 //! 4       4     crc32c   u32 LE: CRC-32C (Castagnoli) over bytes 8 .. 16 + length (seq + payload),
-//!                        followed, for a flagged record only, by bytes 0 .. 4 (the length field)
+//!                        followed, for a flagged or padding record only, by bytes 0 .. 4 (the
+//!                        length field)
 //! 8       8     seq      u64 LE: the sequence number of the record's first entry
 //! 16      len   payload  an unflagged record: one entry, the payload itself
 //!                        a flagged record: u32 LE count (≥ 2), then count × (u32 LE len | bytes)
 //! ```
+//!
+//! A length field with bit 30 set (the PAD flag) makes a **padding record**: no entries, a
+//! payload of zeros to skip, and a checksum covering the length field as for a flagged record.
+//! Its seq is that of the record after it. The writer puts one in front of a large record so
+//! that the record starts at a direct-I/O block boundary and is written from its own buffer,
+//! copying nothing (see `direct.rs`); the scanner and the readers step over it. A pad is at
+//! least a header long. PAD and ENTRIES together are invalid.
 //!
 //! A record holds one or more *entries* (what `append` takes); entry `i` of a record has
 //! sequence number `seq + i`. A record with one entry is always written unflagged, exactly as
@@ -37,6 +46,9 @@ pub const HEADER_LEN: usize = 16;
 
 /// Bit 31 of the length field: the payload is a count followed by length-prefixed entries.
 pub const ENTRIES_FLAG: u32 = 1 << 31;
+
+/// Bit 30 of the length field: a padding record, whose payload is skipped (see the module doc).
+pub const PAD_FLAG: u32 = 1 << 30;
 
 /// Size of the entry count, and of each entry's length prefix, in a flagged record.
 pub const ENTRY_PREFIX_LEN: usize = 4;
@@ -64,6 +76,13 @@ pub enum Decoded {
         /// How many entries it holds (1 for an unflagged record, at least 2 otherwise); walk
         /// them with [`Entries`].
         entries: u32,
+    },
+    /// A valid padding record: no entries, `len` bytes (header included) to step over.
+    Padding {
+        /// The seq of the record that follows it.
+        seq: Seq,
+        /// Total bytes it occupies (header + payload).
+        len: usize,
     },
     /// The slice ends before the record does; `need` is the total length the record claims
     /// (header included). Only meaningful if the header itself was readable and sane.
@@ -234,13 +253,30 @@ pub fn encode_into(buf: &mut Vec<u8>, seq: Seq, payload: &[u8]) {
     Prepared::single(payload).encode_into(buf, seq);
 }
 
-/// The header fields, read without any validation beyond splitting the flag off the length.
+/// Fills `out` (at least [`HEADER_LEN`] bytes, at most a header plus [`FORMAT_MAX_PAYLOAD`])
+/// with one padding record whose seq is `seq`, the seq of the record that follows it.
+pub fn write_padding(out: &mut [u8], seq: Seq) {
+    debug_assert!(out.len() >= HEADER_LEN);
+    let Some((head, payload)) = out.split_at_mut_checked(HEADER_LEN) else {
+        return;
+    };
+    payload.fill(0);
+    // The caller's bound keeps the length within the field.
+    let field = payload.len() as u32 | PAD_FLAG;
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&seq.to_le_bytes()), payload);
+    let crc = crc32c::crc32c_append(crc, &field.to_le_bytes());
+    head.copy_from_slice(&header(field, crc, seq));
+}
+
+/// The header fields, read without any validation beyond splitting the flags off the length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
-    /// Payload length as stored, with [`ENTRIES_FLAG`] masked out.
+    /// Payload length as stored, with [`ENTRIES_FLAG`] and [`PAD_FLAG`] masked out.
     pub len: u32,
     /// Whether [`ENTRIES_FLAG`] is set (the payload holds a count and length-prefixed entries).
     pub multi: bool,
+    /// Whether [`PAD_FLAG`] is set (a padding record).
+    pub pad: bool,
     /// Checksum as stored.
     pub crc: u32,
     /// Sequence number (of the first entry) as stored.
@@ -248,13 +284,16 @@ pub struct Header {
 }
 
 impl Header {
-    /// The length field exactly as stored, flag included.
+    /// The length field exactly as stored, flags included.
     pub fn field(&self) -> u32 {
+        let mut field = self.len;
         if self.multi {
-            self.len | ENTRIES_FLAG
-        } else {
-            self.len
+            field |= ENTRIES_FLAG;
         }
+        if self.pad {
+            field |= PAD_FLAG;
+        }
+        field
     }
 }
 
@@ -269,8 +308,9 @@ pub fn read_header(buf: &[u8]) -> Option<Header> {
     let crc = u32_at(buf, 4)?;
     let seq: [u8; 8] = buf.get(8..HEADER_LEN)?.try_into().ok()?;
     Some(Header {
-        len: field & !ENTRIES_FLAG,
+        len: field & !(ENTRIES_FLAG | PAD_FLAG),
         multi: field & ENTRIES_FLAG != 0,
+        pad: field & PAD_FLAG != 0,
         crc,
         seq: u64::from_le_bytes(seq),
     })
@@ -385,7 +425,7 @@ pub fn decode(buf: &[u8]) -> Decoded {
     let Some(h) = read_header(buf) else {
         return Decoded::Incomplete { need: HEADER_LEN };
     };
-    if h.len > FORMAT_MAX_PAYLOAD {
+    if h.len > FORMAT_MAX_PAYLOAD || h.multi && h.pad {
         return Decoded::Invalid(Invalid::LengthTooLarge { found: h.field() });
     }
     let len = HEADER_LEN + h.len as usize;
@@ -393,7 +433,7 @@ pub fn decode(buf: &[u8]) -> Decoded {
         return Decoded::Incomplete { need: len };
     };
     let mut computed = crc32c::crc32c(body);
-    if h.multi {
+    if h.multi || h.pad {
         computed = crc32c::crc32c_append(computed, &h.field().to_le_bytes());
     }
     if computed != h.crc {
@@ -401,6 +441,9 @@ pub fn decode(buf: &[u8]) -> Decoded {
             expected: computed,
             found: h.crc,
         });
+    }
+    if h.pad {
+        return Decoded::Padding { seq: h.seq, len };
     }
     let payload = HEADER_LEN..len;
     let entries = if h.multi {
@@ -569,7 +612,7 @@ mod tests {
 
     #[test]
     fn unknown_bits_in_the_length_field_are_invalid() {
-        for bit in 29..31 {
+        for bit in 28..30 {
             let mut buf = Vec::new();
             encode_into(&mut buf, 1, b"abc");
             let field = 3u32 | 1 << bit;

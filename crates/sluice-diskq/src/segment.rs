@@ -18,6 +18,8 @@
 //!   least a 16-byte header) whose checksum matches and whose entries are well-formed. Only then does
 //!   it report the skipped bytes as [`Item::Corrupt`]. If nothing valid follows, the rest of
 //!   the file is an [`Item::Tail`] (a torn write in the last segment, corruption otherwise).
+//! - **Padding records are stepped over** (see `record.rs`): they hold no entries, and their
+//!   seq (that of the record after them) obeys the same rules as a record's.
 //! - **Zeros are unused space.** Segments may be created from a zero-filled spare (see
 //!   `prep.rs`), and direct I/O pads a segment's last block with zeros (see `direct.rs`), so from a record boundary, bytes that are all zero up to the end of the file
 //!   are [`Item::Unused`]: the segment's live data ends there, cleanly. An all-zero header is
@@ -259,7 +261,8 @@ impl<'a> Scanner<'a> {
     }
 
     /// Tries to read a record at `at` whose seq is at least `min_seq`.
-    /// Returns `Ok(Ok((seq, len, entries)))` or `Ok(Err(reason))`.
+    /// Returns `Ok(Ok((seq, len, entries)))` (`entries` 0 for a padding record) or
+    /// `Ok(Err(reason))`.
     fn record_at(
         &mut self,
         at: u64,
@@ -308,6 +311,21 @@ impl<'a> Scanner<'a> {
                 }
                 self.last_payload = rel + payload.start..rel + payload.end;
                 Ok(Ok((seq, len as u64, entries)))
+            }
+            // A pad: no entries, so it moves nothing forward but the offset.
+            Decoded::Padding { seq, len } => {
+                if seq > MAX_SEQ {
+                    return Ok(Err(format!(
+                        "padding's sequence number {seq} exceeds the format limit {MAX_SEQ}"
+                    )));
+                }
+                if seq < min_seq {
+                    return Ok(Err(format!(
+                        "padding's sequence number {seq} is below the expected {min_seq}"
+                    )));
+                }
+                self.last_payload = 0..0;
+                Ok(Ok((seq, len as u64, 0)))
             }
             Decoded::Invalid(why) => Ok(Err(why.to_string())),
             Decoded::Incomplete { need } => Ok(Err(format!("incomplete record of {need} bytes"))),
@@ -419,13 +437,27 @@ impl<'a> Scanner<'a> {
         Ok(Err(self.file_len))
     }
 
-    /// Reads the next item.
+    /// Reads the next item. Padding records are stepped over, never returned.
     pub fn next_item(&mut self) -> Result<Item, Error> {
-        if self.pos >= self.file_len {
-            return Ok(Item::End);
+        loop {
+            if self.pos >= self.file_len {
+                return Ok(Item::End);
+            }
+            match self.record_at(self.pos, self.expected)? {
+                Ok((seq, len, 0)) => {
+                    self.pos += len;
+                    self.verified_end = self.pos;
+                    self.expected = seq;
+                }
+                found => return self.item_at(found),
+            }
         }
+    }
+
+    /// The item for what [`Scanner::record_at`] found at `self.pos`.
+    fn item_at(&mut self, found: Result<(Seq, u64, u32), String>) -> Result<Item, Error> {
         let at = self.pos;
-        match self.record_at(at, self.expected)? {
+        match found {
             Ok((seq, len, entries)) => {
                 self.pos = at + len;
                 self.verified_end = self.pos;

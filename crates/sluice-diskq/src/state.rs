@@ -123,7 +123,12 @@ pub(crate) struct Chunk<M> {
     pub offset: u64,
     pub first_seq: Seq,
     pub end_seq: Seq,
+    /// Its bytes are `buf[skip..]` (a taken batch's buffer has room in front, see `batch.rs`).
     pub buf: Vec<u8>,
+    pub skip: usize,
+    /// Where in its bytes a record starts that is aligned for direct I/O in the file and in
+    /// memory, to be written from `buf` itself (see `direct.rs`).
+    pub direct_from: Option<usize>,
     pub memos: Memos<M>,
     /// When its first record was appended: where its entries' wait for durability starts.
     pub opened: Instant,
@@ -285,6 +290,9 @@ pub(crate) struct Shared<M> {
     /// Whether segment files are written with `O_DIRECT` (see `direct.rs`): asked for, under
     /// `SyncPolicy::Always`, and the filesystem takes it. Decided once at open.
     pub direct_io: bool,
+    /// The device's direct-I/O alignment (512 or 4096) when `direct_io`: large records taken
+    /// from their batches start at a multiple of it in the file.
+    pub direct_align: usize,
     /// Held for the queue's lifetime: dropping it releases the directory lock.
     pub _lock: File,
 }

@@ -100,7 +100,7 @@ pub(crate) fn run<M>(shared: Arc<Shared<M>>, written: u64) -> ExitInfo {
         direct: None,
     };
     if shared.direct_io {
-        w.direct = Some(DirectStage::default());
+        w.direct = Some(DirectStage::new(shared.direct_align));
     }
     w.run()
 }
@@ -279,16 +279,23 @@ impl<M> Writer<M> {
             let Some(seg) = self.active.as_mut() else {
                 return;
             };
-            let wrote = match self.direct.as_mut() {
-                Some(stage) => stage.write_at(&seg.file, &chunk.buf, chunk.offset),
-                None => seg.file.write_all_at(&chunk.buf, chunk.offset),
+            // Frozen first: the stage may keep a slice of it until its write.
+            let (bytes, held) = BufPool::freeze(&self.shared.pool, chunk.buf, chunk.skip);
+            let wrote = match (self.direct.as_mut(), chunk.direct_from) {
+                (Some(stage), Some(k)) if k <= bytes.len() => stage
+                    .write_at(&seg.file, &bytes[..k], chunk.offset)
+                    .and_then(|()| {
+                        stage.write_from(&seg.file, bytes.slice(k..), chunk.offset + k as u64)
+                    }),
+                (Some(stage), _) => stage.write_at(&seg.file, &bytes, chunk.offset),
+                (None, _) => seg.file.write_all_at(&bytes, chunk.offset),
             };
             if let Err(e) = wrote {
                 let path = seg.path.clone();
                 self.fail("write", path, Some(chunk.offset), e);
                 return;
             }
-            let len = chunk.buf.len() as u64;
+            let len = bytes.len() as u64;
             let before = seg.written_len;
             seg.written_len = seg.written_len.max(chunk.offset + len);
             if crate::prep::crossed_busy_mark(
@@ -301,7 +308,6 @@ impl<M> Writer<M> {
             bytes_total += len;
             self.written = chunk.end_seq;
             self.oldest_unsynced.get_or_insert(chunk.opened);
-            let (bytes, held) = BufPool::freeze(&self.shared.pool, chunk.buf);
             tail.push(Arc::new(TailChunk {
                 segment: chunk.segment,
                 offset: chunk.offset,

@@ -2,6 +2,9 @@
 //! than the input, every record accepted must hold exactly the entries it claims, and must
 //! re-encode (as a plain record, or as a `RecordBatch` when flagged) to exactly the same bytes.
 //!
+//! A padding record must lie within the input and, when its payload is zeros, re-encode to the
+//! same bytes.
+//!
 //! Each input is decoded twice: as it is, and with its checksum fixed up to match whatever its
 //! length field claims, so that the fuzzer reaches the multi-entry parser without having to
 //! guess CRCs.
@@ -13,8 +16,8 @@
 use libfuzzer_sys::fuzz_target;
 use sluice_diskq::RecordBatch;
 use sluice_diskq::record::{
-    Decoded, ENTRIES_FLAG, Entries, FORMAT_MAX_PAYLOAD, HEADER_LEN, decode, encode_into,
-    read_header,
+    Decoded, Entries, FORMAT_MAX_PAYLOAD, HEADER_LEN, decode, encode_into, read_header,
+    write_padding,
 };
 
 fn check(data: &[u8]) {
@@ -47,6 +50,15 @@ fn check(data: &[u8]) {
             }
             assert_eq!(&again[..], &data[..len]);
         }
+        Decoded::Padding { seq, len } => {
+            assert!((HEADER_LEN..=data.len()).contains(&len));
+            // A pad's payload is meant to be zeros; one that is re-encodes to the same bytes.
+            if data[HEADER_LEN..len].iter().all(|b| *b == 0) {
+                let mut again = vec![1u8; len];
+                write_padding(&mut again, seq);
+                assert_eq!(&again[..], &data[..len]);
+            }
+        }
         Decoded::Incomplete { need } => assert!(need > data.len()),
         Decoded::Invalid(_) => {}
     }
@@ -62,8 +74,8 @@ fn with_fixed_crc(data: &[u8]) -> Option<Vec<u8>> {
     let end = HEADER_LEN.checked_add(h.len as usize)?;
     let body = data.get(8..end)?;
     let mut crc = crc32c::crc32c(body);
-    if h.multi {
-        crc = crc32c::crc32c_append(crc, &(h.len | ENTRIES_FLAG).to_le_bytes());
+    if h.multi || h.pad {
+        crc = crc32c::crc32c_append(crc, &h.field().to_le_bytes());
     }
     let mut fixed = data.to_vec();
     fixed[4..8].copy_from_slice(&crc.to_le_bytes());

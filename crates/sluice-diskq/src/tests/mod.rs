@@ -8,6 +8,7 @@ mod group_commit;
 mod kill;
 mod model;
 mod pacing;
+mod padding;
 mod prealloc;
 mod scanner;
 
