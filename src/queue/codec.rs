@@ -77,14 +77,68 @@ impl EpochNanos {
     }
 }
 
+/// Source names up to this long take [`encode_with_clock`]'s fast path.
+const SHORT_SOURCE: usize = 64;
+
+/// The most bytes an event without HTTP parts with a short source name has in front of its
+/// payload: version, flags, id, receive time, source, peer and payload length.
+const SHORT_HEAD: usize = 1 + 1 + 4 + 8 + 8 + (2 + SHORT_SOURCE) + (1 + 16 + 2) + 4;
+
 /// [`encode_into`] for one of many events, with a clock shared by all of them.
+///
+/// An event without HTTP parts (a line, a datagram, a frame) has its fields laid out on the
+/// stack and appended with one copy, then its payload with another: putting each field into
+/// the buffer on its own, each with its own capacity check, was about 5 % of the relay's CPU
+/// in S2. The bytes are the same either way.
 pub fn encode_with_clock(event: &Event, out: &mut impl BufMut, clock: &mut EpochNanos) {
-    let mut flags = 0;
     let peer = match &event.attributes {
         Attributes::Peer(peer) => Some(*peer),
         Attributes::Http(request) => request.peer,
         Attributes::None => None,
     };
+    if event.http().is_some() || event.source.len() > SHORT_SOURCE {
+        encode_fields(event, peer, out, clock);
+        return;
+    }
+    let mut head = [0u8; SHORT_HEAD];
+    let mut n = 0;
+    let mut put = |bytes: &[u8]| {
+        head[n..n + bytes.len()].copy_from_slice(bytes);
+        n += bytes.len();
+    };
+    put(&[VERSION, if peer.is_some() { HAS_PEER } else { 0 }]);
+    put(&event.id.node.to_le_bytes());
+    put(&event.id.seq.to_le_bytes());
+    put(&clock.of(event.received_at).to_le_bytes());
+    // At most SHORT_SOURCE bytes: the length fits.
+    put(&(event.source.len() as u16).to_le_bytes());
+    put(event.source.as_bytes());
+    if let Some(peer) = peer {
+        match peer.ip() {
+            IpAddr::V4(ip) => {
+                put(&[4]);
+                put(&ip.octets());
+            }
+            IpAddr::V6(ip) => {
+                put(&[6]);
+                put(&ip.octets());
+            }
+        }
+        put(&peer.port().to_le_bytes());
+    }
+    put(&(event.payload.len() as u32).to_le_bytes());
+    out.put_slice(&head[..n]);
+    out.put_slice(&event.payload);
+}
+
+/// [`encode_with_clock`] field by field: any event.
+fn encode_fields(
+    event: &Event,
+    peer: Option<SocketAddr>,
+    out: &mut impl BufMut,
+    clock: &mut EpochNanos,
+) {
+    let mut flags = 0;
     if peer.is_some() {
         flags |= HAS_PEER;
     }
@@ -341,6 +395,38 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn the_fast_path_writes_the_bytes_the_field_by_field_path_does() {
+        let peers: [Option<SocketAddr>; 3] = [
+            None,
+            Some("10.1.2.3:5140".parse().expect("addr")),
+            Some("[2001:db8::7]:65535".parse().expect("addr")),
+        ];
+        let long = "l".repeat(SHORT_SOURCE + 1);
+        let widest = "s".repeat(SHORT_SOURCE);
+        for (i, peer) in peers.into_iter().enumerate() {
+            for source in ["", "tcp", &widest, &long] {
+                let event = Event::new_at(
+                    EventId {
+                        node: 0xdead_beef,
+                        seq: u64::MAX - i as u64,
+                    },
+                    Arc::from(source),
+                    Bytes::from(vec![b'p'; i * 300]),
+                    peer.map_or(Attributes::None, Attributes::Peer),
+                    UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789),
+                );
+                let mut fast = Vec::new();
+                encode_with_clock(&event, &mut fast, &mut EpochNanos::default());
+                let mut slow = Vec::new();
+                encode_fields(&event, peer, &mut slow, &mut EpochNanos::default());
+                assert_eq!(fast, slow, "peer {i}, source of {} bytes", source.len());
+                let back = decode(Bytes::from(fast), &name).expect("round trip");
+                assert_eq!((&*back.source, back.payload.len()), (source, i * 300));
+            }
+        }
     }
 
     #[test]
