@@ -1,6 +1,6 @@
-//! Pacing appenders to the reader: a reader about to fall out of the in-memory tail is waited
-//! for while it reads on, and never when it has stalled; and the tail holds only what the
-//! reader has yet to take.
+//! Pacing appenders to the reader: a reader about to fall out of the in-memory tail, or just
+//! fallen out of it, is waited for while it reads on, and never when it has stalled or is far
+//! behind; and the tail holds only what the reader has yet to take.
 
 use std::time::{Duration, Instant};
 
@@ -66,10 +66,10 @@ async fn appenders_wait_for_a_reader_falling_behind_but_never_twice_for_a_stalle
 }
 
 #[tokio::test]
-async fn a_reader_behind_the_whole_tail_is_not_waited_for() {
+async fn a_reader_far_behind_the_tail_is_not_waited_for() {
     let dir = tempfile::tempdir().unwrap();
     // Ten rounds of 20 KiB through a 16 KiB tail: the unread first rounds are only in the
-    // files, where the reader will read them whatever appenders do, so nobody waits for it.
+    // files, more than a tail's worth of them, so nobody waits for the reader.
     let (q, _) = DiskQueue::<()>::open(dir.path(), small_opts()).unwrap();
     for _ in 0..10 {
         let mut last = 0;
@@ -82,6 +82,48 @@ async fn a_reader_behind_the_whole_tail_is_not_waited_for() {
     let t = Instant::now();
     q.pace_to_reader(Duration::from_secs(30)).await;
     assert!(t.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn a_reader_just_out_of_the_tail_is_waited_for_until_it_is_back_in() {
+    let dir = tempfile::tempdir().unwrap();
+    // Rounds of about 1 KiB through an 8 KiB tail: after 12 rounds the unread first ones are
+    // only in the files, but by less than the tail's budget.
+    let q = open_with_tail(dir.path(), 8 << 10);
+    for round in 0..12 {
+        fill(&q, round * 20, 20).await;
+    }
+    let stats = q.stats();
+    assert!(
+        stats.read_seq == 0 && stats.tail_bytes <= 8 << 10,
+        "{stats:?}"
+    );
+    assert!(q.reader_falling_behind(), "{stats:?}");
+
+    // The reader reads on, from the files and then from the tail: appenders wait until it is
+    // back in the newer half of the tail.
+    let reader = {
+        let q = q.clone();
+        tokio::spawn(async move {
+            while q.reader_falling_behind() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                q.try_read_batch(10, 1 << 20).unwrap();
+            }
+        })
+    };
+    let t = Instant::now();
+    q.pace_to_reader(Duration::from_secs(30)).await;
+    assert!(t.elapsed() < Duration::from_secs(20));
+    let stats = q.stats();
+    assert!(!q.reader_falling_behind(), "{stats:?}");
+    assert!(stats.file_read_entries > 0, "{stats:?}");
+    reader.await.unwrap();
+
+    // Far behind (more than the budget): the files take the difference, nobody waits.
+    for round in 12..100 {
+        fill(&q, round * 20, 20).await;
+    }
+    assert!(!q.reader_falling_behind(), "{:?}", q.stats());
 }
 
 #[tokio::test]
