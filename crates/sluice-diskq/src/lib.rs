@@ -17,7 +17,10 @@
 //! - **Group commit.** Appenders copy their record into one in-memory batch and return its
 //!   sequence numbers at once. A dedicated writer thread swaps the batch out, `write()`s it, and
 //!   covers it with a single `fdatasync` (`File::sync_data`); every waiter covered by that sync is
-//!   released by it. While it syncs, the next batch accumulates. Files are never written through
+//!   released by it. While it syncs, the next batch accumulates. The writer thread lowers
+//!   its nice value by 10 where the process may (root, `CAP_SYS_NICE`, `RLIMIT_NICE`): it is
+//!   asleep in I/O most of the time, and on busy CPUs its wake-ups otherwise queue behind
+//!   the appenders it is about to release. Files are never written through
 //!   mmap; under [`SyncPolicy::Always`] they are written with `O_DIRECT` where the filesystem
 //!   takes it ([`Options::direct_io`]), in whole blocks gathered into one `pwritev` per round,
 //!   the last one padded with zeros to a 4 KiB boundary. A large batch handed over with

@@ -86,9 +86,32 @@ impl<M> Drop for PanicGuard<'_, M> {
     }
 }
 
+/// How much the writer thread raises its priority over the process's, where it may (nice
+/// values: lower runs first). Every durable ack waits for this thread, and it spends most of
+/// its time asleep in I/O: on a machine whose CPUs the relay keeps busy, each wake-up then
+/// waited for a CPU. Measured in S2 on 2 vCPUs, ten rounds each: 1,990 fsyncs/s against 1,200,
+/// a p99 sync wait of 5–6 ms against 8–10 ms, and a median 4.5 % more events/s.
+pub(crate) const WRITER_NICE_BOOST: i32 = 10;
+
+/// Raises the calling (writer) thread's priority by [`WRITER_NICE_BOOST`], if the process may
+/// (root, `CAP_SYS_NICE`, or an `RLIMIT_NICE` that allows it); otherwise leaves it.
+pub(crate) fn raise_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{getpriority_process, setpriority_process};
+        let me = Some(rustix::thread::gettid());
+        let result = getpriority_process(me)
+            .and_then(|nice| setpriority_process(me, (nice - WRITER_NICE_BOOST).max(-20)));
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "The disk queue writer runs at the process's priority (raising it is not permitted).");
+        }
+    }
+}
+
 /// Runs the writer until shutdown (or a simulated crash).
 pub(crate) fn run<M>(shared: Arc<Shared<M>>, written: u64) -> ExitInfo {
     let _guard = PanicGuard(&shared);
+    raise_priority();
     let mut w = Writer {
         shared: shared.clone(),
         active: None,

@@ -1,5 +1,5 @@
-//! Group commit and failing disks: one `fdatasync` releases many waiters, and a failed write
-//! is never reported durable.
+//! Group commit and failing disks: one `fdatasync` releases many waiters, a failed write is
+//! never reported durable, and the writer thread runs ahead of the process where permitted.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,4 +119,30 @@ async fn never_policy_resolves_after_write_without_fsync() {
     }
     q.wait_durable(last).await.unwrap();
     assert_eq!(q.stats().fsyncs, 0);
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_writer_thread_raises_its_priority_where_permitted() {
+    use rustix::process::{getpriority_process, setpriority_process};
+    // On a thread of its own: nice values are per thread on Linux.
+    std::thread::spawn(|| {
+        let me = Some(rustix::thread::gettid());
+        let before = getpriority_process(me).unwrap();
+        crate::writer::raise_priority();
+        let after = getpriority_process(me).unwrap();
+        // Permitted if this thread may lower its nice value at all.
+        let permitted = after < before || setpriority_process(me, before - 1).is_ok();
+        if permitted {
+            let boost = crate::writer::WRITER_NICE_BOOST;
+            assert_eq!(after, (before - boost).max(-20));
+        } else {
+            assert_eq!(
+                after, before,
+                "the priority changed although it may not be raised"
+            );
+        }
+    })
+    .join()
+    .unwrap();
 }
