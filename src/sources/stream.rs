@@ -11,7 +11,7 @@
 //! queue), or one by one to a queue that cannot take them all at once. The loop reads nothing
 //! while a push waits (`when_full = "block"`): the socket's receive buffer fills and TCP flow
 //! control slows the producer — nothing is dropped. With `ack = durable` it also reads nothing
-//! while its last six reads wait for their sync, and after a read of at least
+//! while its last four reads wait for their sync, and after a read of at least
 //! `PACE_MIN_READ` it waits (at most `PACE_MAX`) for a disk queue's sink that is still reading
 //! but about to fall out of the queue's in-memory tail, never for a stalled one. Both waits are
 //! counted by cause (`WaitReason`). Timeouts: `idle_timeout` closes a connection that sent
@@ -65,8 +65,12 @@ const READ_CHUNK: usize = 128 * 1024;
 /// doubled the p99 sync wait at full load (5 to 8–10 ms, each sync covering more); five and
 /// six carried about as much as eight (1.38–1.61M, against 1.31–1.39M for three and four) at
 /// a p99 sync wait of 6–7 ms. Eight with an 8 MiB tail made the sink fall behind it and read
-/// 18 % of events back from the files.
-const DURABLE_WINDOW: usize = 6;
+/// 18 % of events back from the files. Once the disk queue's writer ran ahead of the process
+/// (nice −10: syncs twice as frequent) and with 128 KiB reads, four with an 8 MiB tail beat six
+/// with 16 MiB in each of five alternating rounds (medians 2.41M against 2.22M events/s), at a
+/// p99 sync wait of 3.6–5.1 ms against 6.1 and a peak RSS of 31–33 MiB against 45–47; three
+/// with 8 MiB was between.
+const DURABLE_WINDOW: usize = 4;
 /// The longest one read waits for a disk queue's reader to catch up (see `pace_to_readers`).
 /// Long enough for a sink that only lacked CPU to take a batch or two; short enough that the
 /// one wait a stalled sink costs goes unnoticed.

@@ -100,7 +100,7 @@
 //! | segment size                            | `segment_bytes` (default 64 MiB), ≥ 4 KiB      |
 //! | bytes on disk                           | `max_bytes`, counted in whole segments: a segment is deleted only once every record in it is acknowledged, so acknowledged records in the oldest segment still count. |
 //! | bytes waiting for the writer            | 64 MiB (beyond it `append` reports `Full`)     |
-//! | in-memory read tail                     | `read_cache_bytes` (default 16 MiB) of buffer memory, plus the memos of entries not yet read; only batches not yet read |
+//! | in-memory read tail                     | `read_cache_bytes` (default 8 MiB) of buffer memory, plus the memos of entries not yet read; only batches not yet read |
 //! | recycled chunk buffers                  | 4 MiB                                          |
 //! | sequence numbers                        | below 2^63 (a record claiming more is corrupt) |
 //!
@@ -263,7 +263,7 @@ pub struct Options {
     pub sync: SyncPolicy,
     /// Longest time an advanced low-water mark waits before being checkpointed (default 1 s).
     pub checkpoint_interval: Duration,
-    /// Memory of written batches kept for the reader until it has read them (default 16 MiB,
+    /// Memory of written batches kept for the reader until it has read them (default 8 MiB,
     /// counted in buffer capacity). The memos attached to their entries are kept until read
     /// (or until their batch leaves), and are not counted. Appenders that pace themselves to
     /// the reader ([`DiskQueue::pace_to_reader`]) wait while it has more than half of this
@@ -303,7 +303,7 @@ impl Default for Options {
             max_record_bytes: 16 * 1024 * 1024,
             sync: SyncPolicy::Always,
             checkpoint_interval: Duration::from_secs(1),
-            read_cache_bytes: 16 * 1024 * 1024,
+            read_cache_bytes: 8 * 1024 * 1024,
             read_before_durable: false,
             preallocate: true,
             direct_io: true,
