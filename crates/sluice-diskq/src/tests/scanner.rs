@@ -253,17 +253,23 @@ proptest::proptest! {
 
     /// Whatever bytes are damaged, the scanner returns exactly the records whose own bytes
     /// are intact, in order, with their entry counts: resynchronisation neither skips an
-    /// intact record nor invents one, whether records hold one entry or several.
+    /// intact record nor invents one, whether records hold one entry or several, and whether
+    /// padding records (which it steps over) stand in front of them or not.
     #[test]
     fn scanner_recovers_exactly_the_intact_records(
-        sizes in proptest::collection::vec((0usize..120, 1u64..6), 1..40),
+        sizes in proptest::collection::vec((0usize..120, 1u64..6, 0usize..600), 1..40),
         flips in proptest::collection::vec((0.0f64..1.0, 1u8..=255), 0..6),
         cut in proptest::option::of(0.0f64..1.0),
     ) {
         let mut buf = Vec::new();
         let mut ranges = Vec::new();
         let mut seq = 100;
-        for (i, (size, count)) in sizes.iter().enumerate() {
+        for (i, (size, count, pad)) in sizes.iter().enumerate() {
+            if *pad >= 300 {
+                let at = buf.len();
+                buf.resize(at + (pad - 300).max(HEADER_LEN), 0);
+                record::write_padding(&mut buf[at..], seq);
+            }
             let start = buf.len();
             let mut batch = crate::RecordBatch::new();
             for e in 0..*count {
@@ -337,6 +343,8 @@ fn stale_sequence_numbers_are_rejected() {
 enum Piece {
     /// A valid record with this seq and payload length.
     Record(Seq, usize),
+    /// A padding record with this seq and total length (at least a header).
+    Pad(Seq, usize),
     Zeros(usize),
     Garbage(Vec<u8>),
 }
@@ -345,6 +353,7 @@ fn piece() -> impl proptest::strategy::Strategy<Value = Piece> {
     use proptest::prelude::*;
     prop_oneof![
         4 => (0u64..3000, 0usize..900).prop_map(|(s, n)| Piece::Record(s, n)),
+        1 => (0u64..3000, HEADER_LEN..700).prop_map(|(s, n)| Piece::Pad(s, n)),
         1 => (1usize..9000).prop_map(Piece::Zeros),
         1 => proptest::collection::vec(any::<u8>(), 1..300).prop_map(Piece::Garbage),
     ]
@@ -353,7 +362,7 @@ fn piece() -> impl proptest::strategy::Strategy<Value = Piece> {
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
 
-    /// Whatever the bytes (records with any seqs, runs of zeros, garbage), a scan ends without
+    /// Whatever the bytes (records and padding with any seqs, runs of zeros, garbage), a scan ends without
     /// a panic, hands out records in increasing seq order at or above the expected one, and
     /// its items are in order within the file, none overlapping the next.
     #[test]
@@ -365,6 +374,11 @@ proptest::proptest! {
         for p in &pieces {
             match p {
                 Piece::Record(seq, n) => encode_into(&mut buf, *seq, &vec![0x5a; *n]),
+                Piece::Pad(seq, n) => {
+                    let at = buf.len();
+                    buf.resize(at + n, 0);
+                    record::write_padding(&mut buf[at..], *seq);
+                }
                 Piece::Zeros(n) => buf.resize(buf.len() + n, 0),
                 Piece::Garbage(g) => buf.extend_from_slice(g),
             }
