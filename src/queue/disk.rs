@@ -157,12 +157,21 @@ impl DiskQueue {
 
     async fn offer(&self, event: Arc<Event>, deadline: Instant) -> Result<Seq, PushError> {
         loop {
-            let (appended, record_len) = append_encoded(&self.log, &event);
+            // Held across the append for an event someone waits on: the sink may read its
+            // record as soon as it is synced, and must then find the event here, not decode a
+            // copy whose answer reaches nobody (the caller would wait out its timeout).
+            // Released (end of block) before any wait, and before a failure's accounting takes
+            // it again.
+            let (appended, record_len) = {
+                let mut waiting = event.has_waiters().then(|| self.waiting.lock());
+                let outcome = append_encoded(&self.log, &event);
+                if let (Ok(seq), Some(waiting)) = (&outcome.0, waiting.as_mut()) {
+                    waiting.events.insert(*seq, event.clone());
+                }
+                outcome
+            };
             match appended {
                 Ok(seq) => {
-                    if event.has_waiters() {
-                        self.waiting.lock().events.insert(seq, event);
-                    }
                     self.ledger.queued_events.inc();
                     self.ledger.queued_bytes.inc_by(record_len as i64);
                     return Ok(seq);
@@ -471,9 +480,8 @@ mod tests {
         ))
     }
 
-    #[tokio::test]
-    async fn a_partial_batch_returns_as_soon_as_it_fills_not_at_its_timeout() {
-        let dir = tempfile::tempdir().expect("temp dir");
+    /// A disk queue in `dir` (64 MiB, synced always) and the ledger it counts in.
+    fn open(dir: &std::path::Path) -> (Ledger, Arc<DiskQueue>) {
         let ledger = Ledger::new();
         let options = DiskOptions {
             max_bytes: 64 << 20,
@@ -483,9 +491,14 @@ mod tests {
             direct_io: true,
         };
         let component = ledger.component("q", ComponentKind::Sink, "test");
-        let q = Arc::new(
-            DiskQueue::open(dir.path(), options, WhenFull::Block, component).expect("open"),
-        );
+        let q = DiskQueue::open(dir, options, WhenFull::Block, component).expect("open");
+        (ledger, Arc::new(q))
+    }
+
+    #[tokio::test]
+    async fn a_partial_batch_returns_as_soon_as_it_fills_not_at_its_timeout() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (ledger, q) = open(dir.path());
         let soon = || Instant::now() + Duration::from_secs(5);
         q.push(event(0), soon()).await.expect("room");
         let producer = {
@@ -519,5 +532,69 @@ mod tests {
         let stats = ledger.stats().components.remove(0);
         assert_eq!(stats.received, 4);
         assert!(stats.balanced, "{stats:?}");
+    }
+    #[test]
+    fn every_event_someone_waits_on_reaches_the_sink_as_itself() {
+        // The sink may read a record the moment it is synced. An event whose caller waits for
+        // its answer must then be found beside it, not decoded afresh: a copy has no way back
+        // to the caller. Pushes race the sink on two workers, with a third thread keeping a
+        // CPU busy so that pushing tasks get preempted.
+        const EVENTS: u64 = 3000;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (_ledger, q) = open(dir.path());
+        let busy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let hog = {
+            let busy = busy.clone();
+            std::thread::spawn(move || {
+                while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        };
+        let copies = runtime.block_on(async {
+            let sink = {
+                let q = q.clone();
+                tokio::spawn(async move {
+                    let (mut seen, mut copies) = (0, 0);
+                    while seen < EVENTS {
+                        let (events, seqs) = q.next_batch(BatchLimits::SINGLE).await;
+                        seen += events.len() as u64;
+                        copies += events.iter().filter(|e| !e.wants_reply()).count();
+                        q.finish(&seqs);
+                    }
+                    copies
+                })
+            };
+            let pushers: Vec<_> = (0..4)
+                .map(|p| {
+                    let q = q.clone();
+                    tokio::spawn(async move {
+                        let mut answers = Vec::new();
+                        for i in 0..EVENTS / 4 {
+                            let e = event(p * EVENTS + i);
+                            answers.push(e.want_reply());
+                            let deadline = Instant::now() + Duration::from_secs(5);
+                            q.push(e, deadline).await.expect("room");
+                        }
+                        answers
+                    })
+                })
+                .collect();
+            for p in pushers {
+                p.await.expect("pusher");
+            }
+            tokio::time::timeout(Duration::from_secs(30), sink)
+                .await
+                .expect("the sink got every event")
+                .expect("sink")
+        });
+        busy.store(false, std::sync::atomic::Ordering::Relaxed);
+        hog.join().expect("hog");
+        assert_eq!(copies, 0, "events read back without their waiting caller");
     }
 }
