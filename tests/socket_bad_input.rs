@@ -7,10 +7,10 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::TestRelay;
 use common::sockets::{
     LineReceiver, component, dropped, relay_config, send_tcp, tcp_sink, tcp_source,
 };
+use common::{TestRelay, refusing_addr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -213,10 +213,7 @@ async fn ten_thousand_connections_at_once_are_served_or_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_a_source_blocked_on_a_full_queue_and_counts_what_it_held() {
     // A peer that is never there, and a small blocking queue: the source soon waits.
-    let nobody = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr");
+    let (_held, nobody) = refusing_addr();
     let relay = TestRelay::start(
         &relay_config(
             &tcp_source(""),

@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::TestRelay;
 use common::sockets::{
     DatagramReceiver, LineReceiver, component, dropped, relay_config, send_tcp, tcp_sink,
     tcp_source,
 };
+use common::{TestRelay, refusing_addr};
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket, UnixStream};
@@ -600,9 +600,7 @@ async fn unix_sink_writes_octet_counted_frames() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_blocking_queue_pushes_back_on_the_producer_through_tcp() {
     const LINES: usize = 300_000;
-    let parked = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let peer = parked.local_addr().expect("addr");
-    drop(parked);
+    let (parked, peer) = refusing_addr();
     let relay = TestRelay::start(&relay_config(
         &tcp_source(""),
         &tcp_sink(
@@ -645,6 +643,7 @@ async fn a_full_blocking_queue_pushes_back_on_the_producer_through_tcp() {
         "the source waits for room: {counts:#}"
     );
     // The peer comes back: every line arrives, once, in order.
+    drop(parked);
     let next = Arc::new(AtomicU64::new(0));
     let faults = Arc::new(AtomicU64::new(0));
     let receiver = {

@@ -135,6 +135,19 @@ impl TestRelay {
 }
 
 /// A plain HTTP client for tests: keep-alive, no proxy, generous timeout.
+/// A loopback address where nothing listens, and where nothing else can listen while the
+/// returned socket lives: it holds the port, bound but not listening, so connections to it are
+/// refused. (A listener dropped to free an address lets a test running alongside take its
+/// port, and then a sink meant to fail delivers.) Drop the socket before listening there.
+pub fn refusing_addr() -> (tokio::net::TcpSocket, std::net::SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    (socket, addr)
+}
+
 pub fn client() -> reqwest::Client {
     sluice::sinks::http_client::install_crypto_provider();
     reqwest::Client::builder()
