@@ -240,6 +240,7 @@ fn open_queue(
             max_bytes: max_bytes.0,
             max_record_bytes: u32::try_from(q.max_event_bytes(max_bytes).0).unwrap_or(u32::MAX),
             sync: q.sync().policy(),
+            sync_gather: q.sync_gather.map(|g| g.0),
             preallocate: q.preallocate.unwrap_or(true),
             direct_io: q.direct_io.unwrap_or(true),
         };

@@ -108,6 +108,7 @@ fn a_spilling_queue_refuses_drop_oldest_and_disk_only_keys_belong_to_the_disk_ti
     assert!(parse("{ type = \"memory\", overflow = \"disk\", sync = \"never\", overflow_max_bytes = \"64MiB\" }").is_ok());
     for disk_only in [
         "sync = \"never\"",
+        "sync_gather = \"1ms\"",
         "preallocate = false",
         "direct_io = false",
     ] {
@@ -120,4 +121,22 @@ fn a_spilling_queue_refuses_drop_oldest_and_disk_only_keys_belong_to_the_disk_ti
         );
     }
     assert!(parse("{ type = \"disk\", direct_io = false, preallocate = false }").is_ok());
+    assert!(parse("{ type = \"disk\", sync = \"always\", sync_gather = \"0s\" }").is_ok());
+    assert!(parse("{ type = \"disk\", sync_gather = \"500us\" }").is_ok());
+    for (bad, says) in [
+        (
+            "sync = \"never\", sync_gather = \"1ms\"",
+            "applies only with sync = \"always\"",
+        ),
+        (
+            "sync = { every = \"10ms\" }, sync_gather = \"1ms\"",
+            "applies only with sync",
+        ),
+        ("sync_gather = \"1s\"", "expected at most 100ms, found 1s"),
+    ] {
+        let Err(errors) = parse(&format!("{{ type = \"disk\", {bad} }}")) else {
+            panic!("expected an error for {bad}")
+        };
+        assert!(errors.to_string().contains(says), "{bad}: {errors}");
+    }
 }

@@ -68,6 +68,8 @@ pub struct DiskOptions {
     pub max_bytes: u64,
     pub max_record_bytes: u32,
     pub sync: SyncPolicy,
+    /// `None`: the queue's default.
+    pub sync_gather: Option<std::time::Duration>,
     pub preallocate: bool,
     pub direct_io: bool,
 }
@@ -84,6 +86,9 @@ impl DiskQueue {
             max_bytes: options.max_bytes,
             max_record_bytes: options.max_record_bytes,
             sync: options.sync,
+            sync_gather: options
+                .sync_gather
+                .unwrap_or(Options::default().sync_gather),
             segment_bytes: (options.max_bytes / 8).clamp(1 << 20, 64 << 20),
             preallocate: options.preallocate,
             direct_io: options.direct_io,
@@ -487,6 +492,7 @@ mod tests {
             max_bytes: 64 << 20,
             max_record_bytes: 1 << 20,
             sync: SyncPolicy::Always,
+            sync_gather: None,
             preallocate: false,
             direct_io: true,
         };

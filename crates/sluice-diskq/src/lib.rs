@@ -17,7 +17,10 @@
 //! - **Group commit.** Appenders copy their record into one in-memory batch and return its
 //!   sequence numbers at once. A dedicated writer thread swaps the batch out, `write()`s it, and
 //!   covers it with a single `fdatasync` (`File::sync_data`); every waiter covered by that sync is
-//!   released by it. While it syncs, the next batch accumulates. The writer thread lowers
+//!   released by it. While it syncs, the next batch accumulates; right after a sync it lets
+//!   the next one gather for [`Options::sync_gather`] (200 µs) before writing it, so that
+//!   under sustained load each sync covers more (an append after a quiet moment is written at
+//!   once, and 1 MiB waiting ends the gathering early). The writer thread lowers
 //!   its nice value by 10 where the process may (root, `CAP_SYS_NICE`, `RLIMIT_NICE`): it is
 //!   asleep in I/O most of the time, and on busy CPUs its wake-ups otherwise queue behind
 //!   the appenders it is about to release. Files are never written through
@@ -261,6 +264,14 @@ pub struct Options {
     pub max_record_bytes: u32,
     /// When records become durable (default [`SyncPolicy::Always`]).
     pub sync: SyncPolicy,
+    /// Under [`SyncPolicy::Always`], how long the writer gathers appends after a sync before
+    /// it writes and syncs again (default 200 µs; zero: never). A sync costs CPU whatever it
+    /// covers (the write and flush requests, their interrupts, the waiters' wake-ups), so under
+    /// sustained load fewer, larger syncs leave more CPU to everything else, for at most this
+    /// much more wait per durable ack. It applies only right after a sync: an append to a queue
+    /// that has not synced for this long is written at once. Gathering also ends once
+    /// 1 MiB waits to be written. Measured in S2 on 2 vCPUs: see `GATHER` in BENCHMARKS.md.
+    pub sync_gather: Duration,
     /// Longest time an advanced low-water mark waits before being checkpointed (default 1 s).
     pub checkpoint_interval: Duration,
     /// Memory of written batches kept for the reader until it has read them (default 8 MiB,
@@ -302,6 +313,7 @@ impl Default for Options {
             segment_bytes: 64 * 1024 * 1024,
             max_record_bytes: 16 * 1024 * 1024,
             sync: SyncPolicy::Always,
+            sync_gather: Duration::from_micros(200),
             checkpoint_interval: Duration::from_secs(1),
             read_cache_bytes: 8 * 1024 * 1024,
             read_before_durable: false,

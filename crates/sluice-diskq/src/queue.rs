@@ -19,7 +19,7 @@ use parking_lot::{Condvar, Mutex};
 use tokio::sync::{oneshot, watch};
 
 use crate::reader::{Entry, Handout, MemoOr};
-use crate::state::{Counters, Progress, ReadCursor, Shared, State};
+use crate::state::{Counters, Progress, ReadCursor, Shared, State, WriterWait};
 use crate::writer::{self, ExitInfo};
 use crate::{Error, LatencyHistogram, Options, RecoveryReport, Seq, Stats, SyncPolicy, recovery};
 
@@ -92,7 +92,7 @@ impl<M> Inner<M> {
             } else {
                 st.shutdown = true;
             }
-            st.writer_idle = false;
+            st.writer_wait = WriterWait::Busy;
             self.shared.wake.notify_one();
         }
         let handle = self.writer.lock().take();
@@ -166,7 +166,7 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
             failed: None,
             tail: VecDeque::new(),
             tail_bytes: 0,
-            writer_idle: false,
+            writer_wait: WriterWait::Busy,
         };
         let counters = Counters::default();
         Counters::add(&counters.corrupt_records, rec.report.corrupt_records);
@@ -537,7 +537,7 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
             let mut st = sh.state.lock();
             st.close_requested = true;
             st.ckpt_urgent = true;
-            st.writer_idle = false;
+            st.writer_wait = WriterWait::Busy;
             sh.wake.notify_one();
         }
         sh.bump_space();

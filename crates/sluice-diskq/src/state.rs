@@ -196,9 +196,25 @@ pub(crate) struct State<M> {
     pub tail: VecDeque<Arc<TailChunk<M>>>,
     /// Memory held by `tail` (the sum of its chunks' `held`).
     pub tail_bytes: usize,
-    /// The writer thread is waiting on the condvar.
-    pub writer_idle: bool,
+    /// What wakes the writer thread, if it is waiting on the condvar.
+    pub writer_wait: WriterWait,
 }
+
+/// What the writer thread waits for on the condvar, as far as appends are concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriterWait {
+    /// It is not waiting (it is writing or syncing) and looks at `pending` before it waits.
+    Busy,
+    /// It waits for work: any append wakes it.
+    Idle,
+    /// It gathers appends for the next group commit (see [`Options::sync_gather`]): only
+    /// [`GATHER_ENOUGH_BYTES`] of pending writes wake it before its deadline.
+    Gathering,
+}
+
+/// Pending bytes that end a group commit's gathering early: a write this large already
+/// spreads the cost of its sync thinly, and waiting longer would only add latency.
+pub(crate) const GATHER_ENOUGH_BYTES: u64 = 1024 * 1024;
 
 impl<M> State<M> {
     /// Whether the oldest segment holds only acknowledged records and can be deleted once the
@@ -298,10 +314,15 @@ pub(crate) struct Shared<M> {
 }
 
 impl<M> Shared<M> {
-    /// Wakes the writer thread if it is waiting.
+    /// Wakes the writer thread if it waits for what an append brings (see [`WriterWait`]).
     pub fn wake_writer(&self, st: &mut State<M>) {
-        if st.writer_idle {
-            st.writer_idle = false;
+        let wake = match st.writer_wait {
+            WriterWait::Busy => false,
+            WriterWait::Idle => true,
+            WriterWait::Gathering => st.pending_bytes >= GATHER_ENOUGH_BYTES,
+        };
+        if wake {
+            st.writer_wait = WriterWait::Busy;
             self.wake.notify_one();
         }
     }

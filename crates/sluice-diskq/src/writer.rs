@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use crate::bufpool::BufPool;
 use crate::direct::{self, DirectStage};
-use crate::state::{Counters, Shared, TailChunk};
+use crate::state::{Counters, GATHER_ENOUGH_BYTES, Shared, TailChunk, WriterWait};
 use crate::{SyncPolicy, WriteFailure, checkpoint, segment};
 
 /// What a crashed writer leaves behind, for tests that simulate power loss.
@@ -58,6 +58,8 @@ struct Writer<M> {
     /// When the oldest entry written but not yet durable was appended.
     oldest_unsynced: Option<Instant>,
     last_sync: Instant,
+    /// When the last `fdatasync` returned (`None`: none yet).
+    last_sync_end: Option<Instant>,
     last_ckpt: Instant,
     /// Stages writes into aligned blocks when segments are written with `O_DIRECT`.
     direct: Option<DirectStage>,
@@ -119,6 +121,7 @@ pub(crate) fn run<M>(shared: Arc<Shared<M>>, written: u64) -> ExitInfo {
         durable: written,
         oldest_unsynced: None,
         last_sync: Instant::now(),
+        last_sync_end: None,
         last_ckpt: Instant::now(),
         direct: None,
     };
@@ -134,6 +137,16 @@ impl<M> Writer<M> {
             SyncPolicy::Every(d) => Some(d),
             _ => None,
         }
+    }
+
+    /// Until when the next write gathers appends (see [`crate::Options::sync_gather`]):
+    /// `None` unless the queue syncs always and synced less than `sync_gather` ago.
+    fn gather_until(&self) -> Option<Instant> {
+        let gather = self.shared.opts.sync_gather;
+        if self.shared.opts.sync != SyncPolicy::Always || gather.is_zero() {
+            return None;
+        }
+        self.last_sync_end.map(|end| end + gather)
     }
 
     fn exit_info(&self) -> ExitInfo {
@@ -153,6 +166,7 @@ impl<M> Writer<M> {
     fn run(&mut self) -> ExitInfo {
         let interval = self.shared.opts.checkpoint_interval;
         loop {
+            let gather_until = self.gather_until();
             let (batch, closing, shutdown) = {
                 let mut st = self.shared.state.lock();
                 loop {
@@ -167,16 +181,26 @@ impl<M> Writer<M> {
                     let ckpt_due = st.ckpt_urgent || low_moved && now >= self.last_ckpt + interval;
                     // One round after close() flushes, syncs and checkpoints, then sets `closed`.
                     let closing = st.close_requested && !self.shared.progress.borrow().closed;
-                    if !st.pending.is_empty() || sync_due || ckpt_due || closing || st.shutdown {
+                    let gathering = gather_until.filter(|&t| {
+                        now < t && !st.pending.is_empty() && st.pending_bytes < GATHER_ENOUGH_BYTES
+                    });
+                    let work = !st.pending.is_empty() && gathering.is_none();
+                    if work || sync_due || ckpt_due || closing || st.shutdown {
                         break;
                     }
                     let mut deadline = now + interval;
                     if unsynced && let Some(t) = sync_at {
                         deadline = deadline.min(t);
                     }
-                    st.writer_idle = true;
+                    st.writer_wait = match gathering {
+                        Some(t) => {
+                            deadline = deadline.min(t);
+                            WriterWait::Gathering
+                        }
+                        None => WriterWait::Idle,
+                    };
                     self.shared.wake.wait_until(&mut st, deadline);
-                    st.writer_idle = false;
+                    st.writer_wait = WriterWait::Busy;
                 }
                 let batch = std::mem::take(&mut st.pending);
                 let closing = st.close_requested && !self.shared.progress.borrow().closed;
@@ -430,6 +454,7 @@ impl<M> Writer<M> {
             return false;
         }
         seg.synced_len = seg.written_len;
+        self.last_sync_end = Some(Instant::now());
         Counters::add(&self.shared.counters.fsyncs, 1);
         true
     }

@@ -1,5 +1,7 @@
-//! Group commit and failing disks: one `fdatasync` releases many waiters, a failed write is
-//! never reported durable, and the writer thread runs ahead of the process where permitted.
+//! Group commit and failing disks: one `fdatasync` releases many waiters, right after a sync
+//! the writer gathers appends for the next one (but never delays a first sync, a large batch
+//! or a close), a failed write is never reported durable, and the writer thread runs ahead of
+//! the process where permitted.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,6 +62,81 @@ fn concurrent_appenders_share_fsyncs_and_every_waiter_is_released() {
         stats.fsyncs,
         records as f64 / stats.fsyncs as f64
     );
+}
+
+/// A gathering long enough that no test machine, however loaded, takes as long between two
+/// appends; the tests below never wait for it to run out (it would take this long).
+const LONG_GATHER: Duration = Duration::from_secs(600);
+/// How long the tests below give what must not wait for the gathering.
+const PROMPTLY: Duration = Duration::from_secs(20);
+
+fn gathering_opts() -> Options {
+    Options {
+        sync_gather: LONG_GATHER,
+        // Nor does the writer wake up for a checkpoint meanwhile.
+        checkpoint_interval: LONG_GATHER,
+        max_bytes: 64 << 20,
+        segment_bytes: 16 << 20,
+        max_record_bytes: 4 << 20,
+        ..small_opts()
+    }
+}
+
+#[tokio::test]
+async fn appends_right_after_a_sync_are_gathered_into_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        sync_gather: Duration::from_millis(300),
+        ..gathering_opts()
+    };
+    let (q, _) = DiskQueue::<()>::open(dir.path(), opts).unwrap();
+    let first = q.append(b"first").unwrap();
+    q.wait_durable(first).await.unwrap();
+    assert_eq!(q.stats().fsyncs, 1);
+    // Appended within the gathering that follows that sync: one sync covers all of them.
+    let mut last = first;
+    for i in 0..20 {
+        last = q.append(format!("then {i}").as_bytes()).unwrap();
+    }
+    tokio::time::timeout(PROMPTLY, q.wait_durable(last))
+        .await
+        .expect("a gathered sync happens once the gathering ends")
+        .unwrap();
+    assert_eq!(q.stats().fsyncs, 2, "the 20 appends were synced together");
+    assert_eq!(q.stats().records_synced, 21);
+}
+
+#[tokio::test]
+async fn a_first_sync_a_large_batch_and_a_close_do_not_wait_for_the_gathering() {
+    let dir = tempfile::tempdir().unwrap();
+    let (q, _) = DiskQueue::<()>::open(dir.path(), gathering_opts()).unwrap();
+    // Nothing synced yet: no gathering.
+    let first = q.append(b"first").unwrap();
+    tokio::time::timeout(PROMPTLY, q.wait_durable(first))
+        .await
+        .expect("a queue that has not synced lately syncs at once")
+        .unwrap();
+    // A small append starts a gathering (given a moment to); enough bytes end it.
+    let gathered = q.append(b"gathered").unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let big = vec![7u8; crate::state::GATHER_ENOUGH_BYTES as usize];
+    let large = q.append(&big).unwrap();
+    assert!(gathered < large);
+    tokio::time::timeout(PROMPTLY, q.wait_durable(large))
+        .await
+        .expect("a megabyte waiting to be written ends the gathering")
+        .unwrap();
+    // Gathering again; a close writes and syncs what waits at once.
+    let small = q.append(b"small").unwrap();
+    tokio::time::timeout(PROMPTLY, q.close())
+        .await
+        .expect("close does not wait for the gathering")
+        .unwrap();
+    tokio::time::timeout(PROMPTLY, q.wait_durable(small))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(q.stats().durable_seq, small + 1);
 }
 
 #[tokio::test]

@@ -23,6 +23,7 @@ pub(crate) fn small_opts() -> Options {
         segment_bytes: 4096,
         max_record_bytes: 1 << 16,
         sync: SyncPolicy::Always,
+        sync_gather: Options::default().sync_gather,
         checkpoint_interval: Duration::from_millis(20),
         read_cache_bytes: 16 * 1024,
         read_before_durable: false,

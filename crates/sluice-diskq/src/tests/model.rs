@@ -151,6 +151,12 @@ fn opts(sync: SyncPolicy, small: bool, early: bool) -> Options {
         segment_bytes: 4096,
         max_record_bytes: 4096,
         sync,
+        // Both: a gathering writer (the default) and one that syncs at once.
+        sync_gather: if small {
+            Duration::ZERO
+        } else {
+            Options::default().sync_gather
+        },
         checkpoint_interval: Duration::from_millis(2),
         read_cache_bytes: 2048,
         read_before_durable: early,
