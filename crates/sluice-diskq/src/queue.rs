@@ -260,6 +260,8 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
             }
             let (tx, rx) = oneshot::channel();
             st.waiters.entry(seq).or_default().push(tx);
+            // Someone waits: a gathering writer writes now.
+            sh.wake_writer(&mut st);
             rx
         };
         match rx.await {

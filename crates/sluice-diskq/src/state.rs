@@ -208,7 +208,8 @@ pub enum WriterWait {
     /// It waits for work: any append wakes it.
     Idle,
     /// It gathers appends for the next group commit (see [`Options::sync_gather`]): only
-    /// [`GATHER_ENOUGH_BYTES`] of pending writes wake it before its deadline.
+    /// [`GATHER_ENOUGH_BYTES`] of pending writes, or a `wait_durable` caller, wake it before
+    /// its deadline.
     Gathering,
 }
 
@@ -319,7 +320,9 @@ impl<M> Shared<M> {
         let wake = match st.writer_wait {
             WriterWait::Busy => false,
             WriterWait::Idle => true,
-            WriterWait::Gathering => st.pending_bytes >= GATHER_ENOUGH_BYTES,
+            WriterWait::Gathering => {
+                st.pending_bytes >= GATHER_ENOUGH_BYTES || !st.waiters.is_empty()
+            }
         };
         if wake {
             st.writer_wait = WriterWait::Busy;

@@ -182,7 +182,10 @@ impl<M> Writer<M> {
                     // One round after close() flushes, syncs and checkpoints, then sets `closed`.
                     let closing = st.close_requested && !self.shared.progress.borrow().closed;
                     let gathering = gather_until.filter(|&t| {
-                        now < t && !st.pending.is_empty() && st.pending_bytes < GATHER_ENOUGH_BYTES
+                        now < t
+                            && !st.pending.is_empty()
+                            && st.pending_bytes < GATHER_ENOUGH_BYTES
+                            && st.waiters.is_empty()
                     });
                     let work = !st.pending.is_empty() && gathering.is_none();
                     if work || sync_due || ckpt_due || closing || st.shutdown {

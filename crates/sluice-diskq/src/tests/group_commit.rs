@@ -1,7 +1,7 @@
 //! Group commit and failing disks: one `fdatasync` releases many waiters, right after a sync
-//! the writer gathers appends for the next one (but never delays a first sync, a large batch
-//! or a close), a failed write is never reported durable, and the writer thread runs ahead of
-//! the process where permitted.
+//! the writer gathers appends nobody waits on yet for the next one (but never delays a waiter,
+//! a first sync, a large batch or a close), a failed write is never reported durable, and the
+//! writer thread runs ahead of the process where permitted.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,6 +104,28 @@ async fn appends_right_after_a_sync_are_gathered_into_the_next_one() {
         .unwrap();
     assert_eq!(q.stats().fsyncs, 2, "the 20 appends were synced together");
     assert_eq!(q.stats().records_synced, 21);
+}
+
+#[tokio::test]
+async fn a_waiter_ends_the_gathering() {
+    let dir = tempfile::tempdir().unwrap();
+    let (q, _) = DiskQueue::<()>::open(dir.path(), gathering_opts()).unwrap();
+    let first = q.append(b"first").unwrap();
+    q.wait_durable(first).await.unwrap();
+    // Appended right after that sync, with nobody waiting: gathered (given a moment to be).
+    let second = q.append(b"second").unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        q.stats().durable_seq,
+        second,
+        "nobody waited: it was gathered"
+    );
+    // Now someone waits for it.
+    tokio::time::timeout(PROMPTLY, q.wait_durable(second))
+        .await
+        .expect("a producer waiting for its ack ends the gathering")
+        .unwrap();
+    assert_eq!(q.stats().fsyncs, 2);
 }
 
 #[tokio::test]
