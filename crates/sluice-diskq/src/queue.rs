@@ -260,8 +260,11 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
             }
             let (tx, rx) = oneshot::channel();
             st.waiters.entry(seq).or_default().push(tx);
-            // Someone waits: a gathering writer writes now.
-            sh.wake_writer(&mut st);
+            // Someone waits: a gathering writer writes now (an idle one has nothing to write,
+            // or waits for a periodic sync, which a waiter does not hasten).
+            if st.writer_wait == WriterWait::Gathering {
+                sh.wake_writer(&mut st);
+            }
             rx
         };
         match rx.await {
