@@ -10,6 +10,7 @@ mod model;
 mod pacing;
 mod padding;
 mod prealloc;
+mod record_format;
 mod scanner;
 
 use std::time::Duration;
