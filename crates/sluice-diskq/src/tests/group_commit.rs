@@ -85,22 +85,19 @@ fn gathering_opts() -> Options {
 #[tokio::test]
 async fn appends_right_after_a_sync_are_gathered_into_the_next_one() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = Options {
-        sync_gather: Duration::from_millis(300),
-        ..gathering_opts()
-    };
-    let (q, _) = DiskQueue::<()>::open(dir.path(), opts).unwrap();
+    let (q, _) = DiskQueue::<()>::open(dir.path(), gathering_opts()).unwrap();
     let first = q.append(b"first").unwrap();
     q.wait_durable(first).await.unwrap();
     assert_eq!(q.stats().fsyncs, 1);
-    // Appended within the gathering that follows that sync: one sync covers all of them.
+    // Appended within the gathering that follows that sync, which the wait below ends: one
+    // sync covers all of them.
     let mut last = first;
     for i in 0..20 {
         last = q.append(format!("then {i}").as_bytes()).unwrap();
     }
     tokio::time::timeout(PROMPTLY, q.wait_durable(last))
         .await
-        .expect("a gathered sync happens once the gathering ends")
+        .expect("a waiter ends the gathering")
         .unwrap();
     assert_eq!(q.stats().fsyncs, 2, "the 20 appends were synced together");
     assert_eq!(q.stats().records_synced, 21);
