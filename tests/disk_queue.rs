@@ -1018,15 +1018,22 @@ async fn durable_acks_share_syncs_and_the_syncs_show_on_metrics_and_stats() {
             && line.ends_with(&format!(" {waits}"))
     });
     assert!(everything, "the +Inf bucket holds every sample: {text}");
+    let acks = metric(&text, "sluice_queue_ack_wait_seconds_count").expect("ack wait");
+    assert_eq!(acks, events as f64, "one ack wait sample per event: {text}");
     assert!(metric(&text, "sluice_queue_disk_bytes").is_some(), "{text}");
 
     let stats = relay.stats().await;
     let queue = &component(&stats, "upstream")["queue"];
     assert_eq!(queue["fsyncs"].as_f64(), Some(fsyncs));
-    let (p50, p99) = (&queue["sync_wait_ms"]["p50"], &queue["sync_wait_ms"]["p99"]);
-    assert!(
-        p50.as_f64().is_some_and(|p50| p50 > 0.0) && p99.as_f64() >= p50.as_f64(),
-        "{queue}"
-    );
+    for wait in ["sync_wait_ms", "ack_wait_ms"] {
+        let (p50, p99) = (&queue[wait]["p50"], &queue[wait]["p99"]);
+        assert!(
+            p50.as_f64().is_some_and(|p50| p50 > 0.0) && p99.as_f64() >= p50.as_f64(),
+            "{wait}: {queue}"
+        );
+    }
+    // No event waited longer than the oldest event of its sync.
+    let max = |wait: &str| queue[wait]["max"].as_f64().unwrap_or(f64::NAN);
+    assert!(max("ack_wait_ms") <= max("sync_wait_ms"), "{queue}");
     assert_eq!(relay.terminate().await, Some(0), "{}", relay.log_text());
 }

@@ -3,10 +3,10 @@
 //! The ledger's counters say where events went; these say what durability cost: how many
 //! `fdatasync`s a sink's disk queue made and how many events they covered (their ratio is the
 //! group commit's batch size), how many bytes its segments hold, and how long appends waited
-//! to become durable (`sluice_queue_sync_seconds`, one sample per sync: from the append of the
-//! oldest entry it covered to the release of its waiters, so an upper bound of the durable
-//! ack's wait). The disk queue keeps these itself; a [`DiskFiguresProbe`] hands them over,
-//! so no hot path updates anything twice.
+//! to become durable: `sluice_queue_ack_wait_seconds`, one sample per event (from its append
+//! to the release of its waiters: the durable ack's wait), and `sluice_queue_sync_seconds`,
+//! one sample per sync (the wait of the oldest event it covered). The disk queue keeps these
+//! itself; a [`DiskFiguresProbe`] hands them over, so no hot path updates anything twice.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -25,13 +25,20 @@ pub const FSYNCS: &str = "sluice_queue_fsyncs";
 pub const EVENTS_SYNCED: &str = "sluice_queue_events_synced";
 pub const DISK_BYTES: &str = "sluice_queue_disk_bytes";
 pub const SYNC_SECONDS: &str = "sluice_queue_sync_seconds";
+pub const ACK_WAIT_SECONDS: &str = "sluice_queue_ack_wait_seconds";
 
-/// Bucket bounds of `sluice_queue_sync_seconds`: powers of two of microseconds, 64 µs to 33.6 s.
+/// Bucket bounds of the latency histograms: powers of two of microseconds, 64 µs to 33.6 s.
 const BOUNDS: std::ops::RangeInclusive<Duration> =
     Duration::from_micros(64)..=Duration::from_micros(1 << 25);
 
 /// A counter family: its name, help, and how to read it from a queue's figures.
 type CounterSpec = (&'static str, &'static str, fn(&DiskFigures) -> u64);
+/// A histogram family, the same way.
+type HistogramSpec = (
+    &'static str,
+    &'static str,
+    fn(&DiskFigures) -> &LatencyHistogram,
+);
 
 /// What one disk queue reports.
 #[derive(Debug, Clone, Default)]
@@ -40,6 +47,8 @@ pub struct DiskFigures {
     pub events_synced: u64,
     pub bytes_on_disk: u64,
     pub sync_latency: LatencyHistogram,
+    /// Per event, from its append to becoming durable.
+    pub ack_wait: LatencyHistogram,
 }
 
 /// Reads a disk queue's figures.
@@ -104,25 +113,40 @@ impl Collector for DiskQueueCollector {
             let bytes = i64::try_from(f.bytes_on_disk).unwrap_or(i64::MAX);
             ConstGauge::new(bytes).encode(family.encode_family(&label(name))?)?;
         }
-        let mut family = encoder.encode_descriptor(
-            SYNC_SECONDS,
-            "Per sync, how long the oldest event it covered waited to become durable.",
-            None,
-            MetricType::Histogram,
-        )?;
-        for (name, f) in &all {
-            let h = &f.sync_latency;
-            let buckets: Vec<(f64, u64)> = h
-                .cumulative(BOUNDS)
-                .into_iter()
-                .map(|(bound, count)| (bound.as_secs_f64(), count))
-                // Whatever lies beyond the last bound is in `+Inf` (the total count).
-                .chain(std::iter::once((f64::INFINITY, h.count())))
-                .collect();
-            let buckets = per_bucket(&buckets);
-            family
-                .encode_family(&label(name))?
-                .encode_histogram::<NoLabelSet>(h.sum().as_secs_f64(), h.count(), &buckets, None)?;
+        let histograms: [HistogramSpec; 2] = [
+            (
+                ACK_WAIT_SECONDS,
+                "Per event, how long it waited from its append to becoming durable (the durable ack's wait).",
+                |f| &f.ack_wait,
+            ),
+            (
+                SYNC_SECONDS,
+                "Per sync, how long the oldest event it covered waited to become durable.",
+                |f| &f.sync_latency,
+            ),
+        ];
+        for (metric, help, histogram) in histograms {
+            let mut family =
+                encoder.encode_descriptor(metric, help, None, MetricType::Histogram)?;
+            for (name, f) in &all {
+                let h = histogram(f);
+                let buckets: Vec<(f64, u64)> = h
+                    .cumulative(BOUNDS)
+                    .into_iter()
+                    .map(|(bound, count)| (bound.as_secs_f64(), count))
+                    // Whatever lies beyond the last bound is in `+Inf` (the total count).
+                    .chain(std::iter::once((f64::INFINITY, h.count())))
+                    .collect();
+                let buckets = per_bucket(&buckets);
+                family
+                    .encode_family(&label(name))?
+                    .encode_histogram::<NoLabelSet>(
+                        h.sum().as_secs_f64(),
+                        h.count(),
+                        &buckets,
+                        None,
+                    )?;
+            }
         }
         Ok(())
     }

@@ -268,6 +268,8 @@ pub struct Ledger {
     pub file_read_events: u64,
     /// The slowest disk queue's p99 wait for a sync (per sync, its oldest event), if any.
     pub sync_wait_p99_ms: Option<f64>,
+    /// The slowest disk queue's p99 wait of an event to become durable (per event), if any.
+    pub ack_wait_p99_ms: Option<f64>,
     /// Seconds the sources' connections waited before reading on, for a disk queue's sync and
     /// for its sink (summed over connections).
     pub source_waited_sync_s: f64,
@@ -315,11 +317,15 @@ impl Ledger {
                         l.fsyncs += num(q.get("fsyncs"));
                         l.events_synced += num(q.get("records_synced"));
                         l.file_read_events += num(q.get("file_read_records"));
-                        let p99 = q.pointer("/sync_wait_ms/p99").and_then(|p| p.as_f64());
-                        l.sync_wait_p99_ms = match (l.sync_wait_p99_ms, p99) {
-                            (Some(a), Some(b)) => Some(a.max(b)),
-                            (a, b) => a.or(b),
+                        let slowest = |known: Option<f64>, path: &str| {
+                            let p99 = q.pointer(path).and_then(|p| p.as_f64());
+                            match (known, p99) {
+                                (Some(a), Some(b)) => Some(a.max(b)),
+                                (a, b) => a.or(b),
+                            }
                         };
+                        l.sync_wait_p99_ms = slowest(l.sync_wait_p99_ms, "/sync_wait_ms/p99");
+                        l.ack_wait_p99_ms = slowest(l.ack_wait_p99_ms, "/ack_wait_ms/p99");
                     }
                 }
                 _ => {}
@@ -365,7 +371,8 @@ mod tests {
                  "dropped": {"queue_full": 2, "rejected": 1}, "queued": 0,
                  "queue": {"type": "disk", "fsyncs": 4, "records_synced": 10,
                            "file_read_records": 3,
-                           "sync_wait_ms": {"p50": 0.3, "p99": 1.5, "max": 2.0}}},
+                           "sync_wait_ms": {"p50": 0.3, "p99": 1.5, "max": 2.0},
+                           "ack_wait_ms": {"p50": 0.2, "p99": 1.25, "max": 2.0}}},
                 {"name": "mem", "kind": "sink", "received": 0, "queue": {"type": "memory"}},
                 {"name": "odd", "kind": "sink", "received": "ten"}
             ],
@@ -388,6 +395,7 @@ mod tests {
                 events_synced: 10,
                 file_read_events: 3,
                 sync_wait_p99_ms: Some(1.5),
+                ack_wait_p99_ms: Some(1.25),
                 source_waited_sync_s: 1.5,
                 source_waited_sink_s: 0.25,
                 raw: serde_json::Value::Null,

@@ -70,6 +70,7 @@ pub struct RunResult {
     pub fsyncs_per_sec: Option<f64>,
     pub events_per_fsync: Option<f64>,
     pub sync_wait_p99_us: Option<f64>,
+    pub ack_wait_p99_us: Option<f64>,
     /// With a disk queue: the share of events its sink read back from files (it fell behind
     /// the queue's in-memory tail), in percent.
     pub file_read_pct: Option<f64>,
@@ -190,6 +191,7 @@ impl RunResult {
                 .map(|l| l.fsyncs as f64 / window_s),
             events_per_fsync: synced.map(|l| l.events_synced as f64 / l.fsyncs as f64),
             sync_wait_p99_us: synced.and_then(|l| l.sync_wait_p99_ms).map(|ms| ms * 1e3),
+            ack_wait_p99_us: synced.and_then(|l| l.ack_wait_p99_ms).map(|ms| ms * 1e3),
             file_read_pct: synced
                 .filter(|l| l.events_synced > 0)
                 .map(|l| 100.0 * l.file_read_events as f64 / l.events_synced as f64),
@@ -266,6 +268,7 @@ pub struct Summary {
     pub fsyncs_per_sec: Option<Spread>,
     pub events_per_fsync: Option<Spread>,
     pub sync_wait_p99_us: Option<Spread>,
+    pub ack_wait_p99_us: Option<Spread>,
     pub file_read_pct: Option<Spread>,
     pub waited_sync_pct: Option<Spread>,
     pub waited_sink_pct: Option<Spread>,
@@ -309,6 +312,7 @@ impl Summary {
             fsyncs_per_sec: s(&|r| r.fsyncs_per_sec),
             events_per_fsync: s(&|r| r.events_per_fsync),
             sync_wait_p99_us: s(&|r| r.sync_wait_p99_us),
+            ack_wait_p99_us: s(&|r| r.ack_wait_p99_us),
             file_read_pct: s(&|r| r.file_read_pct),
             waited_sync_pct: s(&|r| r.waited_sync_pct),
             waited_sink_pct: s(&|r| r.waited_sink_pct),
@@ -450,11 +454,12 @@ pub fn table(rows: &[RunResult], summaries: &[Summary]) -> String {
         }
         if s.fsyncs_per_sec.is_some() {
             out.push_str(&format!(
-                "  durability: {} fsyncs/s, {} events per fsync, sync wait p99 {} \
-                 (per sync, its oldest event: the durable ack's wait, at most); \
-                 {} % of events read back from files\n",
+                "  durability: {} fsyncs/s, {} events per fsync, durable ack wait p99 {} \
+                 (per event, from its append), sync wait p99 {} (per sync, its oldest \
+                 event); {} % of events read back from files\n",
                 cell(s.fsyncs_per_sec),
                 cell(s.events_per_fsync),
+                lat(s.ack_wait_p99_us),
                 lat(s.sync_wait_p99_us),
                 cell(s.file_read_pct),
             ));

@@ -1,10 +1,15 @@
-//! How long appends wait to become durable: a histogram the writer thread fills, once per sync.
+//! How long appends wait to become durable: histograms the writer thread fills as syncs (or,
+//! under [`crate::SyncPolicy::Never`], writes) make entries durable. Two are kept:
 //!
-//! What is measured: for every sync (or, under [`crate::SyncPolicy::Never`], every write) that
-//! makes new entries durable, the time from when the oldest of them was appended (the moment its
-//! group-commit chunk was opened) to when `wait_durable` callers were released. That is the
-//! longest any entry covered by that sync waited, so quantiles over it are an upper bound of what
-//! single appenders see, and one sync counts once, however many entries it covered.
+//! - **per sync** (`DiskQueue::sync_latency`): one sample per sync, the time from when the
+//!   oldest entry it covered was appended (the moment its group-commit chunk was opened) to
+//!   when `wait_durable` callers were released: the longest any of its entries waited, however
+//!   many it covered;
+//! - **per entry** (`DiskQueue::entry_wait`): one sample per entry, the time from its chunk's
+//!   opening to the same release: the durable ack's wait as producers see it, weighted by the
+//!   entries each sync made durable. An entry appended to a chunk that an earlier append
+//!   opened is counted from that earlier append (chunks live for one writer round at most), so
+//!   this too is an upper bound, a close one.
 //!
 //! Buckets are log-linear in microseconds: four per power of two, so a quantile is exact to
 //! within 25 % (it reports the bucket's upper bound), from 1 µs up; samples beyond 2^35 µs
@@ -42,6 +47,14 @@ impl SyncLatency {
         let micros = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
         self.counts[bucket_of(micros)].fetch_add(1, Ordering::Relaxed);
         self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Records `n` samples of `waited`.
+    pub fn record_n(&self, waited: Duration, n: u64) {
+        let micros = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+        self.counts[bucket_of(micros)].fetch_add(n, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(micros.saturating_mul(n), Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> LatencyHistogram {
@@ -180,6 +193,19 @@ mod tests {
         let max = h.quantile(1.0).unwrap_or_default();
         assert!(max >= Duration::from_secs(1) && max < Duration::from_millis(1250));
         assert_eq!(h.sum(), Duration::from_micros(98 * 300 + 3000 + 1_000_000));
+    }
+
+    #[test]
+    fn a_weighted_sample_counts_as_that_many() {
+        let live = SyncLatency::default();
+        live.record_n(Duration::from_micros(100), 9);
+        live.record(Duration::from_micros(3000));
+        let h = live.snapshot();
+        assert_eq!(h.count(), 10);
+        assert_eq!(h.sum(), Duration::from_micros(9 * 100 + 3000));
+        // Nine in ten samples are the short ones.
+        assert!(h.quantile(0.9) <= Some(Duration::from_micros(128)));
+        assert!(h.quantile(1.0) >= Some(Duration::from_micros(3000)));
     }
 
     #[test]

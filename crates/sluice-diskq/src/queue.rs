@@ -499,6 +499,13 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
         self.shared().counters.sync_latency.snapshot()
     }
 
+    /// How long entries waited to become durable: one sample per entry, from its append (or
+    /// an earlier one sharing its group-commit chunk) to the release of its waiters. Since the
+    /// queue was opened.
+    pub fn entry_wait(&self) -> LatencyHistogram {
+        self.shared().counters.entry_wait.snapshot()
+    }
+
     /// A snapshot of counters and watermarks.
     pub fn stats(&self) -> Stats {
         let sh = self.shared();

@@ -263,6 +263,8 @@ pub(crate) struct Counters {
     pub read_seq: AtomicU64,
     /// How long entries waited to become durable, one sample per sync.
     pub sync_latency: SyncLatency,
+    /// The same, one sample per entry (see `latency.rs`).
+    pub entry_wait: SyncLatency,
 }
 
 impl Counters {

@@ -57,6 +57,8 @@ struct Writer<M> {
     durable: u64,
     /// When the oldest entry written but not yet durable was appended.
     oldest_unsynced: Option<Instant>,
+    /// The chunks written but not yet durable: when each was opened, and its entries.
+    unsynced_chunks: Vec<(Instant, u64)>,
     last_sync: Instant,
     /// When the last `fdatasync` returned (`None`: none yet).
     last_sync_end: Option<Instant>,
@@ -120,6 +122,7 @@ pub(crate) fn run<M>(shared: Arc<Shared<M>>, written: u64) -> ExitInfo {
         written,
         durable: written,
         oldest_unsynced: None,
+        unsynced_chunks: Vec::new(),
         last_sync: Instant::now(),
         last_sync_end: None,
         last_ckpt: Instant::now(),
@@ -255,6 +258,8 @@ impl<M> Writer<M> {
         st.pending.clear();
         st.pending_bytes = 0;
         drop(st);
+        // Never durable: not waits to measure.
+        self.unsynced_chunks.clear();
         self.shared.progress.send_modify(|p| {
             if p.failed.is_none() {
                 p.failed = Some(failure.clone());
@@ -358,6 +363,8 @@ impl<M> Writer<M> {
             bytes_total += len;
             self.written = chunk.end_seq;
             self.oldest_unsynced.get_or_insert(chunk.opened);
+            self.unsynced_chunks
+                .push((chunk.opened, chunk.end_seq - chunk.first_seq));
             tail.push(Arc::new(TailChunk {
                 segment: chunk.segment,
                 offset: chunk.offset,
@@ -475,9 +482,16 @@ impl<M> Writer<M> {
         }
         Counters::add(&self.shared.counters.records_synced, upto - self.durable);
         self.durable = upto;
-        // Recorded before the release, so a waiter that wakes sees its sync in the histogram.
+        // Recorded before the release, so a waiter that wakes sees its sync in the histograms.
+        let now = Instant::now();
         if let Some(opened) = self.oldest_unsynced.take() {
-            self.shared.counters.sync_latency.record(opened.elapsed());
+            self.shared.counters.sync_latency.record(now - opened);
+        }
+        for (opened, entries) in self.unsynced_chunks.drain(..) {
+            self.shared
+                .counters
+                .entry_wait
+                .record_n(now - opened, entries);
         }
         self.shared.release_durable(upto);
         if !self.shared.opts.read_before_durable {

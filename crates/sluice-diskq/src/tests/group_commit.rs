@@ -52,6 +52,10 @@ fn concurrent_appenders_share_fsyncs_and_every_waiter_is_released() {
     // One latency sample per sync that released waiters, each at least as long as nothing.
     let latency = q.sync_latency();
     assert_eq!(latency.count(), stats.fsyncs);
+    // And one per entry, none longer than the longest sync's oldest.
+    let per_entry = q.entry_wait();
+    assert_eq!(per_entry.count(), records);
+    assert!(per_entry.quantile(1.0) <= latency.quantile(1.0));
     let (p50, max) = (
         latency.quantile(0.5).unwrap(),
         latency.quantile(1.0).unwrap(),
