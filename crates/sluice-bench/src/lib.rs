@@ -229,6 +229,18 @@ pub fn plan(a: &BenchArgs) -> Result<Plan> {
     })
 }
 
+/// The order of `targets` in round `run` (from 1): as given in odd rounds, reversed in even
+/// ones, so that no target always runs first in its round (after the pause between rounds)
+/// or always right after another one. Ratios paired by round, such as `--against-memory`'s,
+/// are then free of that order's bias over an even number of rounds.
+fn round_order<T>(targets: &[T], run: u32) -> Vec<&T> {
+    if run % 2 == 0 {
+        targets.iter().rev().collect()
+    } else {
+        targets.iter().collect()
+    }
+}
+
 /// Runs the benchmark and prints the table (or JSON). `sluice_exe` is the sluice binary to start
 /// (the caller passes `std::env::current_exe()`).
 pub async fn run(args: BenchArgs, sluice_exe: PathBuf) -> Result<()> {
@@ -282,7 +294,7 @@ pub async fn run(args: BenchArgs, sluice_exe: PathBuf) -> Result<()> {
     let runs = args.runs.max(1);
     // Alternate the targets within each round so drift on the machine hits them all alike.
     for run in 1..=runs {
-        for (target, exe) in &targets {
+        for (target, exe) in round_order(&targets, run) {
             if failures.iter().any(|(t, _)| t == target) {
                 continue;
             }
@@ -366,6 +378,14 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         bench: BenchArgs,
+    }
+
+    #[test]
+    fn targets_take_turns_at_running_first() {
+        let targets = ["disk", "memory", "baseline"];
+        assert_eq!(round_order(&targets, 1), [&"disk", &"memory", &"baseline"]);
+        assert_eq!(round_order(&targets, 2), [&"baseline", &"memory", &"disk"]);
+        assert_eq!(round_order(&targets, 3), round_order(&targets, 1));
     }
 
     #[test]
