@@ -529,8 +529,8 @@ pub fn table(rows: &[RunResult], summaries: &[Summary]) -> String {
 }
 
 /// With `--against-memory`: the disk queue's events/s as a share of the memory queue's, per
-/// round (each pair ran back to back) and their median; empty without such pairs. `runs` are
-/// (target, round, events/s).
+/// round (each pair ran back to back), their median and, from six rounds on, a 95 % confidence
+/// interval of that median; empty without such pairs. `runs` are (target, round, events/s).
 fn disk_against_memory(runs: &[(Target, u32, f64)]) -> String {
     let memory = |round: u32| {
         runs.iter()
@@ -550,12 +550,43 @@ fn disk_against_memory(runs: &[(Target, u32, f64)]) -> String {
         .iter()
         .map(|r| format!("{:.0}%", 100.0 * r))
         .collect();
+    let interval = match median_interval(&ratios) {
+        Some((low, high)) => format!(
+            "; the median is {:.0}–{:.0}% with 95% confidence",
+            100.0 * low,
+            100.0 * high
+        ),
+        None => String::new(),
+    };
     format!(
-        "sluice disk/memory queue events/s: median {:.0}% over {} rounds [{}]\n",
+        "sluice disk/memory queue events/s: median {:.0}% over {} rounds [{}]{interval}\n",
         100.0 * spread.median,
         ratios.len(),
         each.join(", ")
     )
+}
+
+/// A distribution-free 95 % confidence interval of the median of `values`: the order
+/// statistics `k` and `n + 1 - k` (from 1), with `k` the largest such that fewer than `k` of
+/// `n` fair coin flips come up heads with probability at most 2.5 %. Rounds on a noisy machine
+/// are far from normal, so no mean and standard deviation. `None` below six values (five
+/// already cannot reach 95 %: even the extremes cover only 94 %).
+fn median_interval(values: &[f64]) -> Option<(f64, f64)> {
+    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    // P(heads = i) for i = 0, 1, …, summed while at most 2.5 %.
+    let mut p = 0.5f64.powi(i32::try_from(n).ok()?);
+    let (mut below, mut k) = (0.0, 0);
+    while k < n / 2 {
+        if below + p > 0.025 {
+            break;
+        }
+        below += p;
+        p *= (n - k) as f64 / (k + 1) as f64;
+        k += 1;
+    }
+    (k >= 1).then(|| (sorted[k - 1], sorted[n - k]))
 }
 
 #[cfg(test)]
@@ -598,6 +629,22 @@ mod tests {
             disk_against_memory(&[(Target::Sluice, 1, 1.0), (Target::SluiceMemory, 1, 0.0)]),
             ""
         );
+    }
+
+    #[test]
+    fn the_median_interval_widens_as_rounds_get_fewer() {
+        let rounds = |n: usize| (1..=n).map(|i| i as f64).collect::<Vec<_>>();
+        assert_eq!(median_interval(&rounds(5)), None);
+        // Six rounds: only the extremes give 95 % (96.9 %).
+        assert_eq!(median_interval(&rounds(6)), Some((1.0, 6.0)));
+        // Ten: the 2nd and 9th (97.9 %); 40: the 14th and 27th (96.2 %).
+        assert_eq!(median_interval(&rounds(10)), Some((2.0, 9.0)));
+        assert_eq!(median_interval(&rounds(40)), Some((14.0, 27.0)));
+        // The order of the rounds does not matter, and what is not a number is left out.
+        let mut shuffled = rounds(10);
+        shuffled.reverse();
+        shuffled.push(f64::NAN);
+        assert_eq!(median_interval(&shuffled), Some((2.0, 9.0)));
     }
 
     #[test]
