@@ -19,9 +19,9 @@
 //!   covers it with a single `fdatasync` (`File::sync_data`); every waiter covered by that sync is
 //!   released by it. While it syncs, the next batch accumulates; right after a sync it lets
 //!   the next one gather for up to [`Options::sync_gather`] (200 µs) while nobody waits on
-//!   it, so that a stream of pipelined appends is covered by fewer, larger syncs (a waiter,
-//!   1 MiB waiting, or a close ends the gathering; an append after a quiet moment is written
-//!   at once). The writer thread lowers
+//!   it, so that a stream of pipelined appends is covered by fewer, larger syncs (a
+//!   `wait_durable` caller, a reader that has caught up, 1 MiB waiting, or a close ends the
+//!   gathering; an append after a quiet moment is written at once). The writer thread lowers
 //!   its nice value by 10 where the process may (root, `CAP_SYS_NICE`, `RLIMIT_NICE`): it is
 //!   asleep in I/O most of the time, and on busy CPUs its wake-ups otherwise queue behind
 //!   the appenders it is about to release. Files are never written through
@@ -269,10 +269,12 @@ pub struct Options {
     /// before it writes and syncs them (default 200 µs; zero: never). A sync costs CPU whatever
     /// it covers (the write and flush requests, their interrupts, the wake-ups it causes), so
     /// for a stream of appends nobody waits on yet (a producer that keeps several writes in
-    /// flight) fewer, larger syncs leave more CPU to everything else. The gathering ends as
-    /// soon as anyone calls [`DiskQueue::wait_durable`] for an entry not yet durable, so a
-    /// producer waiting for its ack is never kept waiting by it; and once 1 MiB waits to be
-    /// written. It begins only right after a sync: an append to a queue that has not synced
+    /// flight, and a reader with a backlog) fewer, larger syncs leave more CPU to everything
+    /// else. The gathering ends as soon as anyone calls [`DiskQueue::wait_durable`] for an
+    /// entry not yet durable, or a reader has read everything durable and waits for more, so
+    /// neither a producer waiting for its ack nor a consumer that has caught up is kept waiting
+    /// by it; and once 1 MiB waits to be written. In effect it gathers only when the queue is
+    /// busy both ways, where the CPU it saves is what limits throughput. It begins only right after a sync: an append to a queue that has not synced
     /// for this long is written at once. Measured in S2 and S3 on 2 vCPUs: see the section of
     /// 2026-12-07 afternoon in BENCHMARKS.md.
     pub sync_gather: Duration,

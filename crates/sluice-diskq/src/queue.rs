@@ -167,6 +167,7 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
             tail: VecDeque::new(),
             tail_bytes: 0,
             writer_wait: WriterWait::Busy,
+            readers_waiting: 0,
         };
         let counters = Counters::default();
         Counters::add(&counters.corrupt_records, rec.report.corrupt_records);
@@ -363,6 +364,8 @@ impl<M: Clone + Send + Sync + 'static> DiskQueue<M> {
             if let Some(batch) = read {
                 return Ok(batch);
             }
+            // Counted while it waits (also if this future is dropped meanwhile).
+            let _waiting = self.shared().reader_waits();
             if rx.changed().await.is_err() {
                 return Ok(Vec::new());
             }

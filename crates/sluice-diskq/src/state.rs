@@ -198,6 +198,17 @@ pub(crate) struct State<M> {
     pub tail_bytes: usize,
     /// What wakes the writer thread, if it is waiting on the condvar.
     pub writer_wait: WriterWait,
+    /// Readers waiting for entries to become readable (they have read everything durable).
+    pub readers_waiting: usize,
+}
+
+/// A reader counted in [`State::readers_waiting`] (see [`Shared::reader_waits`]).
+pub(crate) struct ReaderWaiting<'a, M>(&'a Shared<M>);
+
+impl<M> Drop for ReaderWaiting<'_, M> {
+    fn drop(&mut self) {
+        self.0.state.lock().readers_waiting -= 1;
+    }
 }
 
 /// What the writer thread waits for on the condvar, as far as appends are concerned.
@@ -207,9 +218,8 @@ pub enum WriterWait {
     Busy,
     /// It waits for work: any append wakes it.
     Idle,
-    /// It gathers appends for the next group commit (see [`Options::sync_gather`]): only
-    /// [`GATHER_ENOUGH_BYTES`] of pending writes, or a `wait_durable` caller, wake it before
-    /// its deadline.
+    /// It gathers appends for the next group commit (see [`Options::sync_gather`]): only what
+    /// ends the gathering ([`State::gathering_allowed`]) wakes it before its deadline.
     Gathering,
 }
 
@@ -218,6 +228,16 @@ pub enum WriterWait {
 pub(crate) const GATHER_ENOUGH_BYTES: u64 = 1024 * 1024;
 
 impl<M> State<M> {
+    /// Whether the writer may keep gathering pending appends rather than write them now: nobody
+    /// waits for them (no `wait_durable` caller, no reader that has read everything durable)
+    /// and less than [`GATHER_ENOUGH_BYTES`] of them wait. Gathering trades their wait for
+    /// fewer syncs, which is only worth it while nobody is kept waiting by it.
+    pub fn gathering_allowed(&self) -> bool {
+        self.pending_bytes < GATHER_ENOUGH_BYTES
+            && self.waiters.is_empty()
+            && self.readers_waiting == 0
+    }
+
     /// Whether the oldest segment holds only acknowledged records and can be deleted once the
     /// checkpoint covers it.
     pub fn front_deletable(&self, low: Seq) -> bool {
@@ -322,9 +342,7 @@ impl<M> Shared<M> {
         let wake = match st.writer_wait {
             WriterWait::Busy => false,
             WriterWait::Idle => true,
-            WriterWait::Gathering => {
-                st.pending_bytes >= GATHER_ENOUGH_BYTES || !st.waiters.is_empty()
-            }
+            WriterWait::Gathering => !st.gathering_allowed(),
         };
         if wake {
             st.writer_wait = WriterWait::Busy;
@@ -358,6 +376,17 @@ impl<M> Shared<M> {
     /// Wakes readers waiting in `read_batch`.
     pub fn notify_readers(&self) {
         self.readable.send_modify(|_| {});
+    }
+
+    /// Counts a reader as waiting for readable entries until the guard drops, and wakes a
+    /// gathering writer: what it gathers is what the reader waits for.
+    pub fn reader_waits(&self) -> ReaderWaiting<'_, M> {
+        let mut st = self.state.lock();
+        st.readers_waiting += 1;
+        if st.writer_wait == WriterWait::Gathering {
+            self.wake_writer(&mut st);
+        }
+        ReaderWaiting(self)
     }
 
     /// Tells `wait_space` callers that space may have been freed.

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use crate::bufpool::BufPool;
 use crate::direct::{self, DirectStage};
-use crate::state::{Counters, GATHER_ENOUGH_BYTES, Shared, TailChunk, WriterWait};
+use crate::state::{Counters, Shared, TailChunk, WriterWait};
 use crate::{SyncPolicy, WriteFailure, checkpoint, segment};
 
 /// What a crashed writer leaves behind, for tests that simulate power loss.
@@ -184,12 +184,8 @@ impl<M> Writer<M> {
                     let ckpt_due = st.ckpt_urgent || low_moved && now >= self.last_ckpt + interval;
                     // One round after close() flushes, syncs and checkpoints, then sets `closed`.
                     let closing = st.close_requested && !self.shared.progress.borrow().closed;
-                    let gathering = gather_until.filter(|&t| {
-                        now < t
-                            && !st.pending.is_empty()
-                            && st.pending_bytes < GATHER_ENOUGH_BYTES
-                            && st.waiters.is_empty()
-                    });
+                    let gathering = gather_until
+                        .filter(|&t| now < t && !st.pending.is_empty() && st.gathering_allowed());
                     let work = !st.pending.is_empty() && gathering.is_none();
                     if work || sync_due || ckpt_due || closing || st.shutdown {
                         break;

@@ -1,6 +1,6 @@
 //! Group commit and failing disks: one `fdatasync` releases many waiters, right after a sync
 //! the writer gathers appends nobody waits on yet for the next one (but never delays a waiter,
-//! a first sync, a large batch or a close), a failed write is never reported durable, and the
+//! a reader that has read everything, a first sync, a large batch or a close), a failed write is never reported durable, and the
 //! writer thread runs ahead of the process where permitted.
 
 use std::sync::Arc;
@@ -86,13 +86,29 @@ fn gathering_opts() -> Options {
     }
 }
 
-#[tokio::test]
-async fn appends_right_after_a_sync_are_gathered_into_the_next_one() {
+/// A queue with a long gathering that has just synced its first entry (returned): the next
+/// append is gathered, until something ends the gathering.
+async fn just_synced() -> (tempfile::TempDir, DiskQueue<()>, crate::Seq) {
     let dir = tempfile::tempdir().unwrap();
     let (q, _) = DiskQueue::<()>::open(dir.path(), gathering_opts()).unwrap();
     let first = q.append(b"first").unwrap();
     q.wait_durable(first).await.unwrap();
     assert_eq!(q.stats().fsyncs, 1);
+    (dir, q, first)
+}
+
+/// Appends `payload` to a queue that has just synced, with nobody waiting, and checks that it
+/// is gathered (given a moment to be): not durable yet.
+async fn gathered(q: &DiskQueue<()>, payload: &[u8]) -> crate::Seq {
+    let seq = q.append(payload).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(q.stats().durable_seq, seq, "nobody waited: it was gathered");
+    seq
+}
+
+#[tokio::test]
+async fn appends_right_after_a_sync_are_gathered_into_the_next_one() {
+    let (_dir, q, first) = just_synced().await;
     // Appended within the gathering that follows that sync, which the wait below ends: one
     // sync covers all of them.
     let mut last = first;
@@ -109,24 +125,41 @@ async fn appends_right_after_a_sync_are_gathered_into_the_next_one() {
 
 #[tokio::test]
 async fn a_waiter_ends_the_gathering() {
-    let dir = tempfile::tempdir().unwrap();
-    let (q, _) = DiskQueue::<()>::open(dir.path(), gathering_opts()).unwrap();
-    let first = q.append(b"first").unwrap();
-    q.wait_durable(first).await.unwrap();
-    // Appended right after that sync, with nobody waiting: gathered (given a moment to be).
-    let second = q.append(b"second").unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(
-        q.stats().durable_seq,
-        second,
-        "nobody waited: it was gathered"
-    );
+    let (_dir, q, _) = just_synced().await;
+    let second = gathered(&q, b"second").await;
     // Now someone waits for it.
     tokio::time::timeout(PROMPTLY, q.wait_durable(second))
         .await
         .expect("a producer waiting for its ack ends the gathering")
         .unwrap();
     assert_eq!(q.stats().fsyncs, 2);
+}
+
+#[tokio::test]
+async fn a_reader_that_has_read_everything_ends_the_gathering() {
+    let (_dir, q, _) = just_synced().await;
+    assert_eq!(q.read_batch(10, 1 << 20).await.unwrap().len(), 1);
+    // Gathered while nobody waits; a reader that comes to wait for it ends the gathering.
+    let second = gathered(&q, b"second").await;
+    let got = tokio::time::timeout(PROMPTLY, q.read_batch(10, 1 << 20))
+        .await
+        .expect("a waiting reader ends the gathering")
+        .unwrap();
+    assert_eq!(got[0].0, second);
+    // A reader already waiting when the append comes: not gathered at all.
+    let reader = {
+        let q = q.clone();
+        tokio::spawn(async move { q.read_batch(10, 1 << 20).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let third = q.append(b"third").unwrap();
+    let got = tokio::time::timeout(PROMPTLY, reader)
+        .await
+        .expect("a reader waiting for appends is not kept waiting by the gathering")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got[0].0, third);
+    assert_eq!(q.stats().fsyncs, 3);
 }
 
 #[tokio::test]
