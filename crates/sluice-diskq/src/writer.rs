@@ -254,7 +254,7 @@ impl<M> Writer<M> {
         st.pending.clear();
         st.pending_bytes = 0;
         drop(st);
-        // Never durable: not waits to measure.
+        // Never durable: no waits to measure.
         self.unsynced_chunks.clear();
         self.shared.progress.send_modify(|p| {
             if p.failed.is_none() {
