@@ -2,14 +2,24 @@
 //! keep-alive and h2c (HTTP/2 with prior knowledge) on one port, a connection limit, a header
 //! read timeout for clients that never finish their request head, and graceful shutdown.
 //!
+//! hyper raises the same header timeout for a client that stopped halfway through a request
+//! head and for a keep-alive connection that merely sat idle. They are told apart by whether
+//! the client sent bytes after the server's last write ([`Watched`]): only the first is a
+//! fault ([`ConnectionFault::HeaderTimeout`]). A head that arrived in the same read as the end
+//! of the previous request is missed, and its timeout taken for an idle one.
+//!
 //! Over the connection limit, a connection is accepted and closed at once (and counted), so a
 //! flood of connections costs the relay nothing but the accept. On shutdown the listener closes
 //! first; open connections finish the request they are serving, then close, within `grace`.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,7 +30,8 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -32,7 +43,8 @@ use crate::log_throttle::Throttle;
 pub enum ConnectionFault {
     /// The bytes were not HTTP (a malformed request line or header).
     Malformed,
-    /// The request head did not arrive within the header read timeout.
+    /// The client began a request head and did not finish it within the header read timeout.
+    /// (An idle keep-alive connection closed by the same timeout is not a fault.)
     HeaderTimeout,
 }
 
@@ -107,9 +119,16 @@ pub async fn serve<H: Handler>(
                 let handler = service_handler.clone();
                 async move { Ok::<_, Infallible>(handler.handle(request, peer).await) }
             });
+            let stream = Watched::new(stream);
+            let sent_since_reply = stream.sent_since_reply.clone();
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             if let Err(error) = watcher.watch(connection).await {
                 match classify(&*error) {
+                    Some(ConnectionFault::HeaderTimeout)
+                        if !sent_since_reply.load(Ordering::Relaxed) =>
+                    {
+                        debug!(%peer, "Closed an idle connection (header read timeout).");
+                    }
                     Some(fault) => handler.connection_fault(fault),
                     None => debug!(%peer, %error, "Connection ended with an error."),
                 }
@@ -123,6 +142,78 @@ pub async fn serve<H: Handler>(
         .is_err()
     {
         debug!("Connections still open after the shutdown grace period; closing them.");
+    }
+}
+
+/// A connection's socket, noting whether the client sent bytes since the server last wrote.
+struct Watched {
+    inner: TcpStream,
+    /// Set by a read that returned bytes, cleared by a write: true while a request (or part of
+    /// one) has arrived that has not been answered.
+    sent_since_reply: Arc<AtomicBool>,
+}
+
+impl Watched {
+    fn new(inner: TcpStream) -> Self {
+        Watched {
+            inner,
+            sent_since_reply: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn wrote(&self, result: &Poll<std::io::Result<usize>>) {
+        if matches!(result, Poll::Ready(Ok(n)) if *n > 0) {
+            self.sent_since_reply.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.sent_since_reply.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.wrote(&result);
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(&result);
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

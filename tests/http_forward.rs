@@ -416,7 +416,7 @@ async fn a_malformed_request_line_gets_400_is_counted_and_the_source_keeps_servi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_never_finishes_its_headers_is_cut_off_and_others_are_served() {
+async fn a_client_that_never_finishes_its_headers_is_cut_off_counted_and_others_are_served() {
     let upstream = Upstream::start().await;
     let relay = TestRelay::start(&forward_config(
         &upstream.url(),
@@ -454,7 +454,45 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off_and_others_are_serv
         "the stalled connection is closed by the header timeout ({cut_after:?})"
     );
     upstream.wait_for(20).await;
+    // The same timeout also closes connections that merely sat idle: one that never sent a
+    // byte, and one that sent a whole request, got its answer and kept the connection open
+    // (as do the client's pooled connections above). Those are not drops.
+    let idle = tokio::task::spawn_blocking(move || {
+        let silent = TcpStream::connect(addr).expect("connect");
+        let mut kept = TcpStream::connect(addr).expect("connect");
+        for stream in [&silent, &kept] {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+        }
+        kept.write_all(b"POST /kept HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")
+            .expect("write");
+        let mut answers = Vec::new();
+        for mut stream in [silent, kept] {
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer);
+            answers.push(String::from_utf8_lossy(&answer).into_owned());
+        }
+        answers
+    });
+    let answers = idle.await.expect("task");
+    assert_eq!(
+        answers[0], "",
+        "the silent connection is closed without a word"
+    );
+    assert!(
+        answers[1].starts_with("HTTP/1.1 202"),
+        "the kept connection got its answer, then was closed: {answers:?}"
+    );
+    upstream.wait_for(21).await;
     relay.assert_settled_and_balanced().await;
+    let source = relay.component("api").await;
+    assert_eq!(
+        source["dropped"]["read_timeout"].as_u64(),
+        Some(1),
+        "only the half-sent head is a drop: {source:#}"
+    );
+    assert_eq!(source["received"].as_u64(), Some(22), "{source:#}");
     relay.shutdown().await;
 }
 

@@ -10,7 +10,9 @@
 //!
 //! Every request is counted `received`, and ends `delivered` (accepted by every queue) or
 //! `dropped{reason}`; a connection that sends bytes that are not HTTP counts as one received and
-//! dropped `decode_error`.
+//! dropped `decode_error`, and one that stops halfway through a request head for longer than
+//! `header_read_timeout` as one received and dropped `read_timeout` (an idle keep-alive
+//! connection closed by that timeout counts nothing: see `http_server`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -432,10 +434,12 @@ impl Handler for HttpSource {
     }
 
     fn connection_fault(&self, fault: ConnectionFault) {
-        if fault == ConnectionFault::Malformed {
-            // Bytes that are not HTTP were still something a producer sent.
-            self.ledger.received.inc();
-            self.ledger.dropped(DropReason::DecodeError, 1);
-        }
+        // Bytes that are not HTTP, or half a request, were still something a producer sent.
+        let reason = match fault {
+            ConnectionFault::Malformed => DropReason::DecodeError,
+            ConnectionFault::HeaderTimeout => DropReason::ReadTimeout,
+        };
+        self.ledger.received.inc();
+        self.ledger.dropped(reason, 1);
     }
 }
