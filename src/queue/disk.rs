@@ -99,6 +99,7 @@ impl DiskQueue {
         let probe = log.clone();
         let recovered = serde_json::json!({
             "replayed": report.replayed_records,
+            "replayed_bytes": report.replayed_bytes,
             "corrupt_records": report.corrupt_records,
             "corrupt_bytes": report.corrupt_bytes,
             "truncated_bytes": report.truncated_bytes,
@@ -455,6 +456,8 @@ fn account_recovery(report: &RecoveryReport, ledger: &ComponentLedger, dir: &Pat
     let recovered = report.replayed_records;
     ledger.received.inc_by(recovered + report.corrupt_records);
     ledger.queued_events.inc_by(recovered as i64);
+    // Reading them takes their bytes off again, as for events appended in this process.
+    ledger.queued_bytes.inc_by(report.replayed_bytes as i64);
     ledger.dropped(DropReason::DecodeError, report.corrupt_records);
     if report.corrupt_records > 0 || report.corrupt_bytes > 0 || report.truncated_bytes > 0 {
         warn!(
@@ -467,7 +470,7 @@ fn account_recovery(report: &RecoveryReport, ledger: &ComponentLedger, dir: &Pat
             "Disk queue recovered with damage: skipped what could not be read, delivering the rest."
         );
     } else if recovered > 0 {
-        info!(sink = %ledger.name, dir = %dir.display(), replayed = recovered, "Disk queue recovered; redelivering what was not acknowledged.");
+        info!(sink = %ledger.name, dir = %dir.display(), replayed = recovered, replayed_bytes = report.replayed_bytes, "Disk queue recovered; redelivering what was not acknowledged.");
     }
 }
 

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use crate::acks::AckSet;
 use crate::checkpoint::{self, CheckpointStatus};
+use crate::record::{ENTRY_PREFIX_LEN, Entries};
 use crate::segment::{self, Item, Scanner};
 use crate::state::SegMeta;
 use crate::{Error, Seq};
@@ -54,6 +55,8 @@ pub struct SkippedRegion {
 pub struct RecoveryReport {
     /// Unacknowledged entries (sequence numbers) that will be handed out again.
     pub replayed_records: u64,
+    /// Their bytes: the sum of the lengths of the entries that will be handed out again.
+    pub replayed_bytes: u64,
     /// Sequence numbers lost to corruption.
     pub corrupt_records: u64,
     /// Bytes skipped because they held no valid record.
@@ -137,6 +140,20 @@ fn remove_segment(path: &Path) -> Result<(), Error> {
     }
 }
 
+/// The bytes of a valid record's entries after its first `skip` (which are acknowledged).
+fn entry_bytes(payload: &[u8], entries: u32, skip: u64) -> u64 {
+    let payload_len = payload.len() as u64;
+    match (entries, skip) {
+        (1, 0) => payload_len,
+        // A count, then a length before each entry.
+        (_, 0) => payload_len.saturating_sub(ENTRY_PREFIX_LEN as u64 * (1 + u64::from(entries))),
+        _ => Entries::new(payload, entries > 1)
+            .skip(usize::try_from(skip).unwrap_or(usize::MAX))
+            .map(|r| r.len() as u64)
+            .sum(),
+    }
+}
+
 /// Recovers the queue in `dir` (which the caller has locked).
 pub(crate) fn recover(dir: &Path) -> Result<Recovered, Error> {
     let started = Instant::now();
@@ -155,6 +172,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, Error> {
 
     let mut report = RecoveryReport {
         replayed_records: 0,
+        replayed_bytes: 0,
         corrupt_records: 0,
         corrupt_bytes: 0,
         truncated_bytes: 0,
@@ -222,6 +240,8 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, Error> {
                     expected = seq + u64::from(entries);
                     if expected > low {
                         report.replayed_records += expected - seq.max(low);
+                        let acked = low.saturating_sub(seq);
+                        report.replayed_bytes += entry_bytes(scanner.payload(), entries, acked);
                         start.get_or_insert(StartPos {
                             seq: seq.max(low),
                             record_seq: seq,

@@ -464,3 +464,28 @@ async fn a_reader_with_over_half_the_tail_to_read_is_falling_behind() {
     assert_eq!(read.len(), 30);
     assert!(!q.reader_falling_behind(), "a quarter of it left to read");
 }
+
+#[tokio::test]
+async fn recovery_counts_the_bytes_of_the_entries_it_will_hand_out_again() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (q, _) = DiskQueue::<u64>::open(dir.path(), small_opts()).unwrap();
+        q.append(b"seven b").unwrap();
+        // A multi-entry record that the low-water mark will cut after its first entry.
+        let lens = [1usize, 22, 333];
+        let batch = batch_of(&lens.map(|n| vec![b'x'; n]));
+        q.append_batch(&batch, Vec::new()).unwrap();
+        let last = q.append(&[b'y'; 4000]).unwrap();
+        q.wait_durable(last).await.unwrap();
+        let got = q.read_entries(2, 1 << 20).await.unwrap();
+        assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), [0, 1]);
+        q.ack_many(&[0, 1]);
+        q.close().await.unwrap();
+    }
+    let (q, report) = DiskQueue::<u64>::open(dir.path(), small_opts()).unwrap();
+    assert_eq!(report.replayed_records, 3, "{report}");
+    assert_eq!(report.replayed_bytes, 22 + 333 + 4000, "{report}");
+    let got = q.read_entries(10, 1 << 20).await.unwrap();
+    let read: usize = got.iter().map(|e| e.bytes.len()).sum();
+    assert_eq!(read as u64, report.replayed_bytes);
+}

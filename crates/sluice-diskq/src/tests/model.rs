@@ -394,6 +394,10 @@ async fn run(
                 if m.maybe_lost.is_empty() {
                     prop_assert_eq!(report.replayed_records, next - low);
                     prop_assert_eq!(report.corrupt_records, 0);
+                    let bytes: usize = (low..next)
+                        .filter_map(|s| m.records.get(&s).map(Vec::len))
+                        .sum();
+                    prop_assert_eq!(report.replayed_bytes, bytes as u64);
                 } else {
                     prop_assert!(report.replayed_records <= next - low);
                 }
