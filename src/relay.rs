@@ -26,7 +26,7 @@ use crate::event::IdGenerator;
 use crate::ledger::ComponentLedger;
 use crate::ledger::{ComponentKind, Ledger};
 use crate::queue::disk::DiskOptions;
-use crate::queue::{DiskQueue, MemoryQueue, Overflow, QueueKind, SinkQueue, SpillQueue};
+use crate::queue::{DiskQueue, MemoryQueue, Overflow, QueueKind, SinkQueue, SpillQueue, stranded};
 use crate::sinks::{self, SinkSettings, driver};
 use crate::sources::{self, Fanout, SourceContext};
 
@@ -165,6 +165,7 @@ impl Relay {
 
         ready.watch(probe_queues.clone());
         ready.set(true);
+        warn_about_stranded_queues(config);
         info!(node = %format!("{node:08x}"), sources = sources.len(), sinks = sinks.len(), admin = %admin.local_addr, "Sluice is ready.");
         let probe_ledger = ledger.clone();
         Ok(Relay {
@@ -220,6 +221,22 @@ impl Relay {
 
 /// The queue of one sink, as its config says.
 /// Blocking: a disk queue's recovery reads its files (run it off the async workers).
+/// Warns, in the background, about disk queue directories that no configured sink reads and
+/// that still hold events (see [`crate::queue::stranded`]).
+fn warn_about_stranded_queues(config: &Config) {
+    let read: Vec<String> = config
+        .sinks
+        .iter()
+        .filter(|sink| sink.queue.on_disk())
+        .map(|sink| sink.name.clone())
+        .collect();
+    let data_dir = config.data_dir.clone();
+    tokio::task::spawn_blocking(move || {
+        let read: Vec<&str> = read.iter().map(String::as_str).collect();
+        stranded::warn_each(&stranded::find(&data_dir, &read));
+    });
+}
+
 fn open_queue(
     data_dir: &Path,
     sink: &SinkConfig,

@@ -1044,3 +1044,55 @@ async fn durable_acks_share_syncs_and_the_syncs_show_on_metrics_and_stats() {
     assert!(max("ack_wait_ms") <= max("sync_wait_ms"), "{queue}");
     assert_eq!(relay.terminate().await, Some(0), "{}", relay.log_text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_left_by_a_renamed_or_memory_only_sink_is_reported_at_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let address = Upstream::start().await.stop();
+    let config = http_relay_config(&format!("http://{address}"), "", "");
+    let mut relay = Sluice::start(dir.path(), &config).await;
+    send_all(&relay, &bodies("stranded", 5, 100)).await;
+    assert_eq!(relay.terminate().await, Some(0), "{}", relay.log_text());
+    assert_eq!(relay.last_log_fields()["kept_on_disk"], 5);
+
+    let stranded_warning = "A disk queue holds events that no sink reads";
+    let queue_dir = dir.path().join("data").join("queues").join("upstream");
+    for (what, changed) in [
+        (
+            "renamed",
+            config.replace("[sinks.upstream]", "[sinks.renamed]"),
+        ),
+        (
+            "switched to memory",
+            http_relay_config(
+                &format!("http://{address}"),
+                "",
+                r#"queue = { type = "memory" }"#,
+            ),
+        ),
+    ] {
+        let mut relay = Sluice::start(dir.path(), &changed).await;
+        let warned = relay.wait_for_log(stranded_warning).await;
+        assert_eq!(warned.len(), 1, "{what}: {}", relay.log_text());
+        assert_eq!(warned[0]["events"], 5, "{what}: {}", relay.log_text());
+        assert_eq!(
+            warned[0]["dir"],
+            queue_dir.display().to_string(),
+            "{what}: {}",
+            relay.log_text()
+        );
+        assert_eq!(relay.terminate().await, Some(0), "{}", relay.log_text());
+    }
+
+    // Back under its name, the sink delivers the backlog, and nothing is reported.
+    let upstream = Upstream::start_on(address).await;
+    let mut relay = Sluice::start(dir.path(), &config).await;
+    upstream.wait_for(5).await;
+    relay.wait_idle_and_balanced().await;
+    assert!(
+        relay.log_fields(stranded_warning).is_empty(),
+        "{}",
+        relay.log_text()
+    );
+    assert_eq!(relay.terminate().await, Some(0), "{}", relay.log_text());
+}

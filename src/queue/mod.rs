@@ -8,11 +8,13 @@
 //! finished ([`SinkQueue::finish`]), so the disk queue can acknowledge it.
 //!
 //! Kinds: `disk` (the default: [`disk`], durable across crashes) and `memory` ([`memory`]).
+//! Disk queue directories no sink reads any more are reported at start ([`stranded`]).
 
 pub mod codec;
 pub mod disk;
 pub mod memory;
 pub mod spill;
+pub mod stranded;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -159,6 +161,12 @@ impl QueueConfig {
 
     pub fn sync(&self) -> SyncSetting {
         self.sync.unwrap_or_default()
+    }
+
+    /// Whether the queue keeps events in `data_dir/queues/<sink>/`: a disk queue, or a memory
+    /// queue that spills to disk.
+    pub fn on_disk(&self) -> bool {
+        self.kind == QueueKind::Disk || self.overflow == Some(Overflow::Disk)
     }
 
     /// The largest event a disk (tier) bounded by `disk_max_bytes` takes: as configured, or
