@@ -133,6 +133,10 @@ fn a_spilling_queue_refuses_drop_oldest_and_disk_only_keys_belong_to_the_disk_ti
             "applies only with sync",
         ),
         ("sync_gather = \"1s\"", "expected at most 100ms, found 1s"),
+        (
+            "sync = { every = \"0s\" }",
+            "expected an interval above 0s in { every = … }",
+        ),
     ] {
         let Err(errors) = parse(&format!("{{ type = \"disk\", {bad} }}")) else {
             panic!("expected an error for {bad}")

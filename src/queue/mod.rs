@@ -78,6 +78,10 @@ impl<'de> Deserialize<'de> for SyncSetting {
             Raw::Name(name) => Err(serde::de::Error::custom(format!(
                 "{EXPECTED}, found {name:?}"
             ))),
+            Raw::Every { every } if every.0.is_zero() => Err(serde::de::Error::custom(
+                "expected an interval above 0s in { every = … }; for a sync before every ack, \
+                 use sync = \"always\"",
+            )),
             Raw::Every { every } => Ok(SyncSetting::Every(every)),
         }
     }
