@@ -41,8 +41,9 @@ impl std::fmt::Display for WriteFailure {
 /// Errors of opening, reading, syncing and inspecting a queue.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// An I/O operation on a queue file failed.
-    #[error("{op} {path}{}: {source}", offset.map(|o| format!(" at offset {o}")).unwrap_or_default())]
+    /// An I/O operation on a queue file failed. Its message includes the operating system's
+    /// error, which is therefore not also its `source()` (an error chain would say it twice).
+    #[error("{op} {path}{}: {os_error}", offset.map(|o| format!(" at offset {o}")).unwrap_or_default())]
     Io {
         /// What was being done (`"read"`, `"open"`, `"truncate"`, …).
         op: &'static str,
@@ -51,8 +52,7 @@ pub enum Error {
         /// File offset, when relevant.
         offset: Option<u64>,
         /// The operating system's error.
-        #[source]
-        source: std::io::Error,
+        os_error: std::io::Error,
     },
     /// Another live process (or another `DiskQueue` in this process) holds the directory.
     #[error(
@@ -86,7 +86,7 @@ impl Error {
             op,
             path: path.into(),
             offset,
-            source,
+            os_error: source,
         }
     }
 }
