@@ -9,17 +9,24 @@
 //!
 //! It reads the directories with [`sluice_diskq::inspect`] (read-only, no lock), in the
 //! background after the relay is ready: a large stranded backlog must not delay the start.
+//! A directory whose segments pass [`INSPECT_AT_MOST`] is not read at all (acknowledged
+//! segments are deleted, so that much is a backlog anyway): its bytes are reported instead of
+//! its events, rather than reading it whole at every start.
 
 use std::path::{Path, PathBuf};
 
 use tracing::{debug, warn};
 
+/// Segment bytes above which a stranded directory is reported without being read.
+pub const INSPECT_AT_MOST: u64 = 256 << 20;
+
 /// A queue directory holding events no configured sink will deliver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stranded {
     pub dir: PathBuf,
-    /// Unacknowledged entries, as `sluice queue inspect` counts them.
-    pub events: u64,
+    /// Unacknowledged entries, as `sluice queue inspect` counts them (`None`: not counted, the
+    /// directory holds more than [`INSPECT_AT_MOST`]).
+    pub events: Option<u64>,
     /// Bytes of its segment files.
     pub bytes: u64,
 }
@@ -27,6 +34,11 @@ pub struct Stranded {
 /// The directories under `data_dir/queues` that are not named in `read` and still hold
 /// unacknowledged events. Directories that cannot be read are logged and skipped.
 pub fn find(data_dir: &Path, read: &[&str]) -> Vec<Stranded> {
+    find_reading_at_most(data_dir, read, INSPECT_AT_MOST)
+}
+
+/// [`find`], reading directories of at most `inspect_at_most` bytes of segments.
+fn find_reading_at_most(data_dir: &Path, read: &[&str], inspect_at_most: u64) -> Vec<Stranded> {
     let queues = data_dir.join("queues");
     let entries = match std::fs::read_dir(&queues) {
         Ok(entries) => entries,
@@ -45,10 +57,19 @@ pub fn find(data_dir: &Path, read: &[&str]) -> Vec<Stranded> {
             continue;
         }
         let dir = entry.path();
+        let bytes = segment_bytes(&dir);
+        if bytes > inspect_at_most {
+            stranded.push(Stranded {
+                dir,
+                events: None,
+                bytes,
+            });
+            continue;
+        }
         match sluice_diskq::inspect(&dir) {
             Ok(report) if report.unacked_records() > 0 => stranded.push(Stranded {
                 dir,
-                events: report.unacked_records(),
+                events: Some(report.unacked_records()),
                 bytes: report.bytes(),
             }),
             Ok(_) => {}
@@ -59,6 +80,19 @@ pub fn find(data_dir: &Path, read: &[&str]) -> Vec<Stranded> {
     stranded
 }
 
+/// The bytes of the segment files (`*.seg`) in `dir`, from their metadata.
+fn segment_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "seg"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 /// Logs a warning for each of `stranded`.
 pub fn warn_each(stranded: &[Stranded]) {
     for s in stranded {
@@ -67,12 +101,16 @@ pub fn warn_each(stranded: &[Stranded]) {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        warn!(
-            dir = %s.dir.display(),
-            events = s.events,
-            bytes = s.bytes,
-            "A disk queue holds events that no sink reads (a sink renamed, removed, or switched to a memory queue?): they are kept, not delivered, until a sink named {sink:?} with a disk queue is configured again. `sluice queue inspect` shows them."
+        let why = format!(
+            "A disk queue holds events that no sink reads (a sink renamed, removed, or switched \
+             to a memory queue?): they are kept, not delivered, until a sink named {sink:?} with \
+             a disk queue is configured again. `sluice queue inspect` shows them."
         );
+        match s.events {
+            Some(events) => warn!(dir = %s.dir.display(), events, bytes = s.bytes, "{why}"),
+            // Too large to read at every start: counted by `sluice queue inspect` instead.
+            None => warn!(dir = %s.dir.display(), bytes = s.bytes, "{why}"),
+        }
     }
 }
 
@@ -117,8 +155,19 @@ mod tests {
         let stranded = find(data.path(), &["configured"]);
         assert_eq!(stranded.len(), 1, "{stranded:?}");
         assert_eq!(stranded[0].dir, queues.join("renamed"));
-        assert_eq!(stranded[0].events, 7);
+        assert_eq!(stranded[0].events, Some(7));
         assert!(stranded[0].bytes > 0);
+        warn_each(&stranded);
+    }
+
+    #[test]
+    fn a_large_directory_is_reported_by_its_bytes_without_being_read() {
+        let data = tempfile::tempdir().expect("temp dir");
+        queue_with(&data.path().join("queues").join("big"), 3, 0);
+        let stranded = find_reading_at_most(data.path(), &[], 1);
+        assert_eq!(stranded.len(), 1, "{stranded:?}");
+        assert_eq!(stranded[0].events, None);
+        assert!(stranded[0].bytes > 1);
         warn_each(&stranded);
     }
 
