@@ -89,6 +89,7 @@ pub mod names {
     pub const DURATION: &str = "sluice_delivery_duration_seconds";
     pub const CONNECTIONS_REJECTED: &str = "sluice_connections_rejected";
     pub const SOURCE_WAIT: &str = "sluice_source_wait_seconds";
+    pub const STRANDED_QUEUES: &str = "sluice_stranded_queues";
 }
 
 /// A counter of seconds.
@@ -119,6 +120,19 @@ pub struct Ledger {
     families: Families,
     components: Arc<Mutex<Vec<Arc<ComponentLedger>>>>,
     started: Instant,
+    /// Disk queue directories no sink reads that still hold events (see
+    /// `crate::queue::stranded`), as found at start.
+    stranded: Mutex<Vec<StrandedQueue>>,
+    stranded_count: Gauge,
+}
+
+/// A disk queue directory holding events that no configured sink reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StrandedQueue {
+    pub dir: String,
+    /// Unacknowledged events (`None`: too large to count at start).
+    pub events: Option<u64>,
+    pub bytes: u64,
 }
 
 impl Default for Ledger {
@@ -198,6 +212,12 @@ impl Ledger {
             "Time a source's connections waited before reading on, by what they waited for",
             families.source_wait.clone(),
         );
+        let stranded_count = Gauge::default();
+        registry.register(
+            names::STRANDED_QUEUES,
+            "Disk queue directories holding events that no sink reads (a sink renamed, removed or switched to memory)",
+            stranded_count.clone(),
+        );
         let components = Arc::new(Mutex::new(Vec::new()));
         registry.register_collector(Box::new(disk_metrics::DiskQueueCollector {
             components: components.clone(),
@@ -207,7 +227,15 @@ impl Ledger {
             families,
             components,
             started: Instant::now(),
+            stranded: Mutex::new(Vec::new()),
+            stranded_count,
         }
+    }
+
+    /// Records the stranded disk queue directories found at start (`/stats`, `/metrics`).
+    pub fn set_stranded(&self, stranded: Vec<StrandedQueue>) {
+        self.stranded_count.set(stranded.len() as i64);
+        *self.stranded.lock() = stranded;
     }
 
     /// Creates the counters of one component.
@@ -298,6 +326,7 @@ impl Ledger {
             balanced,
             settled,
             components: previous,
+            stranded_queues: self.stranded.lock().clone(),
         }
     }
 }
@@ -429,6 +458,9 @@ pub struct Stats {
     /// Two consecutive reads agreed, so the numbers are one consistent moment.
     pub settled: bool,
     pub components: Vec<ComponentStats>,
+    /// Disk queue directories holding events that no sink reads (only when there are any).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stranded_queues: Vec<StrandedQueue>,
 }
 
 #[cfg(test)]

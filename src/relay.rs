@@ -165,7 +165,7 @@ impl Relay {
 
         ready.watch(probe_queues.clone());
         ready.set(true);
-        warn_about_stranded_queues(config);
+        warn_about_stranded_queues(config, ledger.clone());
         info!(node = %format!("{node:08x}"), sources = sources.len(), sinks = sinks.len(), admin = %admin.local_addr, "Sluice is ready.");
         let probe_ledger = ledger.clone();
         Ok(Relay {
@@ -222,8 +222,8 @@ impl Relay {
 /// The queue of one sink, as its config says.
 /// Blocking: a disk queue's recovery reads its files (run it off the async workers).
 /// Warns, in the background, about disk queue directories that no configured sink reads and
-/// that still hold events (see [`crate::queue::stranded`]).
-fn warn_about_stranded_queues(config: &Config) {
+/// that still hold events (see [`crate::queue::stranded`]), and shows them in the ledger.
+fn warn_about_stranded_queues(config: &Config, ledger: Arc<Ledger>) {
     let read: Vec<String> = config
         .sinks
         .iter()
@@ -233,7 +233,10 @@ fn warn_about_stranded_queues(config: &Config) {
     let data_dir = config.data_dir.clone();
     tokio::task::spawn_blocking(move || {
         let read: Vec<&str> = read.iter().map(String::as_str).collect();
-        stranded::warn_each(&stranded::find(&data_dir, &read));
+        let found = stranded::find(&data_dir, &read);
+        // In the ledger before the warning is logged, so whoever reads the one finds the other.
+        ledger.set_stranded(found.iter().cloned().map(Into::into).collect());
+        stranded::warn_each(&found);
     });
 }
 

@@ -1081,6 +1081,21 @@ async fn a_backlog_left_by_a_renamed_or_memory_only_sink_is_reported_at_start() 
             "{what}: {}",
             relay.log_text()
         );
+        let stats = relay.stats().await;
+        assert_eq!(
+            stats["stranded_queues"],
+            serde_json::json!([{
+                "dir": queue_dir.display().to_string(),
+                "events": 5,
+                "bytes": warned[0]["bytes"],
+            }]),
+            "{what}: {stats:#}"
+        );
+        let metrics = relay.metrics().await;
+        assert!(
+            metrics.lines().any(|l| l == "sluice_stranded_queues 1"),
+            "{what}: {metrics}"
+        );
         assert_eq!(relay.terminate().await, Some(0), "{}", relay.log_text());
     }
 
@@ -1093,6 +1108,15 @@ async fn a_backlog_left_by_a_renamed_or_memory_only_sink_is_reported_at_start() 
         relay.log_fields(stranded_warning).is_empty(),
         "{}",
         relay.log_text()
+    );
+    let stats = relay.stats().await;
+    assert!(stats.get("stranded_queues").is_none(), "{stats:#}");
+    assert!(
+        relay
+            .metrics()
+            .await
+            .lines()
+            .any(|l| l == "sluice_stranded_queues 0")
     );
     assert_eq!(relay.terminate().await, Some(0), "{}", relay.log_text());
 }

@@ -5,7 +5,8 @@
 //! there: nothing reads them, and nothing said so. At start the relay looks at every queue
 //! directory no sink's disk queue (or spill tier) opened, and warns about each one that still
 //! holds unacknowledged events, naming how many and how to get them delivered, so that nothing
-//! it once accepted is left behind silently.
+//! it once accepted is left behind silently. They also show in `/stats` (`stranded_queues`) and
+//! in `/metrics` (`sluice_stranded_queues`, their number), for monitoring to alert on.
 //!
 //! It reads the directories with [`sluice_diskq::inspect`] (read-only, no lock), in the
 //! background after the relay is ready: a large stranded backlog must not delay the start.
@@ -29,6 +30,16 @@ pub struct Stranded {
     pub events: Option<u64>,
     /// Bytes of its segment files.
     pub bytes: u64,
+}
+
+impl From<Stranded> for crate::ledger::StrandedQueue {
+    fn from(s: Stranded) -> Self {
+        crate::ledger::StrandedQueue {
+            dir: s.dir.display().to_string(),
+            events: s.events,
+            bytes: s.bytes,
+        }
+    }
 }
 
 /// The directories under `data_dir/queues` that are not named in `read` and still hold
