@@ -4,7 +4,7 @@
 //!
 //! hyper raises the same header timeout for a client that stopped halfway through a request
 //! head and for a keep-alive connection that merely sat idle. They are told apart by whether
-//! the client sent bytes after the server's last write ([`Watched`]): only the first is a
+//! the client sent bytes after the server's last write (`Watched`): only the first is a
 //! fault ([`ConnectionFault::HeaderTimeout`]). A head that arrived in the same read as the end
 //! of the previous request is missed, and its timeout taken for an idle one.
 //!
