@@ -26,7 +26,7 @@ pub const INSPECT_AT_MOST: u64 = 256 << 20;
 pub struct Stranded {
     pub dir: PathBuf,
     /// Unacknowledged entries, as `sluice queue inspect` counts them (`None`: not counted, the
-    /// directory holds more than [`INSPECT_AT_MOST`]).
+    /// directory holds more than [`INSPECT_AT_MOST`], or its segments could not be read).
     pub events: Option<u64>,
     /// Bytes of its segment files.
     pub bytes: u64,
@@ -43,7 +43,7 @@ impl From<Stranded> for crate::ledger::StrandedQueue {
 }
 
 /// The directories under `data_dir/queues` that are not named in `read` and still hold
-/// unacknowledged events. Directories that cannot be read are logged and skipped.
+/// unacknowledged events (or segments that could not be read: reported uncounted).
 pub fn find(data_dir: &Path, read: &[&str]) -> Vec<Stranded> {
     find_reading_at_most(data_dir, read, INSPECT_AT_MOST)
 }
@@ -84,6 +84,15 @@ fn find_reading_at_most(data_dir: &Path, read: &[&str], inspect_at_most: u64) ->
                 bytes: report.bytes(),
             }),
             Ok(_) => {}
+            // Segments it cannot read are still events nobody delivers, as far as it can tell.
+            Err(error) if bytes > 0 => {
+                debug!(dir = %dir.display(), %error, "Cannot inspect a queue directory.");
+                stranded.push(Stranded {
+                    dir,
+                    events: None,
+                    bytes,
+                });
+            }
             Err(error) => debug!(dir = %dir.display(), %error, "Cannot inspect a queue directory."),
         }
     }
