@@ -192,6 +192,17 @@ mod tests {
     }
 
     #[test]
+    fn segments_that_cannot_be_read_are_reported_uncounted() {
+        let data = tempfile::tempdir().expect("temp dir");
+        let broken = data.path().join("queues").join("broken");
+        // A directory where a segment file should be: listed, but not readable as one.
+        std::fs::create_dir_all(broken.join("00000000000000000000.seg")).expect("mkdir");
+        let stranded = find(data.path(), &[]);
+        assert_eq!(stranded.len(), 1, "{stranded:?}");
+        assert_eq!((&stranded[0].dir, stranded[0].events), (&broken, None));
+    }
+
+    #[test]
     fn no_queue_directory_is_no_finding() {
         let data = tempfile::tempdir().expect("temp dir");
         assert!(find(data.path(), &[]).is_empty());
