@@ -54,6 +54,9 @@ enum QueueCommand {
     Inspect {
         /// The queue directory.
         dir: PathBuf,
+        /// Print JSON (for scripts) instead of the table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -94,8 +97,12 @@ fn main() -> ExitCode {
             }
         },
         Command::Queue {
-            command: QueueCommand::Inspect { dir },
+            command: QueueCommand::Inspect { dir, json },
         } => match sluice_diskq::inspect(&dir) {
+            Ok(report) if json => {
+                println!("{:#}", inspect_json(&report));
+                ExitCode::SUCCESS
+            }
             Ok(report) => {
                 println!("{report}");
                 ExitCode::SUCCESS
@@ -207,4 +214,48 @@ async fn run(config: Config) -> ExitCode {
         );
         ExitCode::from(3)
     }
+}
+
+/// `sluice queue inspect --json`: the same figures as the table, for scripts.
+fn inspect_json(report: &sluice_diskq::InspectReport) -> serde_json::Value {
+    use sluice_diskq::CheckpointStatus;
+    let checkpoint = match &report.checkpoint {
+        CheckpointStatus::Missing => serde_json::json!({ "status": "missing" }),
+        CheckpointStatus::Loaded(low) => {
+            serde_json::json!({ "status": "loaded", "low_water": low })
+        }
+        CheckpointStatus::Corrupt(why) => serde_json::json!({ "status": "corrupt", "reason": why }),
+    };
+    let segments: Vec<serde_json::Value> = report
+        .segments
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "path": s.path.display().to_string(),
+                "named_first": s.named_first,
+                "bytes": s.bytes,
+                "records": s.records,
+                "entries": s.entries,
+                "first_seq": s.first_seq,
+                "last_seq": s.last_seq,
+                "corrupt_records": s.corrupt_records,
+                "corrupt_bytes": s.corrupt_bytes,
+                "tail_bytes": s.tail_bytes,
+                "unused_bytes": s.unused_bytes,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "dir": report.dir.display().to_string(),
+        "checkpoint": checkpoint,
+        "first_seq": report.first_seq(),
+        "last_seq": report.last_seq(),
+        "bytes": report.bytes(),
+        "records": report.records(),
+        "entries": report.entries(),
+        "unacknowledged": report.unacked_records(),
+        "corrupt_records": report.corrupt_records(),
+        "corrupt_bytes": report.corrupt_bytes(),
+        "segments": segments,
+    })
 }

@@ -167,6 +167,26 @@ async fn damaged_queue_starts_counts_and_delivers_the_rest(
         )),
         "inspect counts the damage as recovery will"
     );
+    let as_json = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["queue", "inspect", "--json"])
+        .arg(&queue_dir)
+        .output()
+        .expect("run sluice queue inspect --json");
+    assert!(as_json.status.success(), "{as_json:?}");
+    let as_json: serde_json::Value =
+        serde_json::from_slice(&as_json.stdout).expect("inspect --json prints JSON");
+    assert_eq!(as_json["entries"], intact, "{as_json:#}");
+    assert_eq!(as_json["unacknowledged"], intact, "{as_json:#}");
+    assert_eq!(
+        as_json["corrupt_records"], damage.corrupt_records,
+        "{as_json:#}"
+    );
+    assert_eq!(
+        as_json["corrupt_bytes"],
+        damage.corrupt_bytes + damage.truncated_bytes,
+        "{as_json:#}"
+    );
+    assert_eq!(as_json["checkpoint"]["status"], "missing", "{as_json:#}");
 
     let upstream = Upstream::start_on(address).await;
     let mut relay = Sluice::start(dir.path(), &config).await;
